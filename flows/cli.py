@@ -1,0 +1,203 @@
+"""The ``prnf`` command line. Each command validates its input, then starts a flow."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import flows  # noqa: F401  (service defaults)
+from prnf_core.errors import PrnfError
+
+app = typer.Typer(
+    help="prnf: surrogate samplers for SDEs (simulate, train, validate, sample).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each starting with the dotted field name."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(input)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return "\n  ".join(lines)
+
+
+def _parse_kv(items: list[str] | None, option: str) -> dict[str, Any]:
+    result = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"{option}: expected KEY=VALUE, got {item!r}")
+        result[key] = yaml.safe_load(value)
+    return result
+
+
+def _load_yaml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    if not path.is_file():
+        _fail(f"--config: no such file {str(path)!r}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        _fail(f"--config: {path} must hold a mapping")
+    return data
+
+
+@app.command()
+def problems() -> None:
+    """List the built-in problems."""
+    from prnf_core.problems import get_problem, list_problems, problem_parameters
+
+    table = Table("name", "dim", "noise", "T", "dt", "exact p(X_T|x0)", "description")
+    for name in sorted(list_problems()):
+        sde = get_problem(name)
+        table.add_row(name, str(sde.dim), sde.noise, f"{sde.t_end:g}", f"{sde.dt:g}",
+                      "yes" if sde.has_exact_transition else "no", sde.description)
+    out.print(table)
+    out.print("parameters (override with --param KEY=VALUE):")
+    for name in sorted(list_problems()):
+        params = ", ".join(f"{k}={v}" for k, v in problem_parameters(name).items())
+        out.print(f"  {name}: {params}", highlight=False)
+
+
+def _run_with_progress(run, *args: Any) -> Any:
+    from tasks.progress import listening
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("chunks"), TimeElapsedColumn(), console=console) as bar:
+        tasks_by_name: dict[str, Any] = {}
+
+        def update(what: str, done: int, total: int) -> None:
+            if what not in tasks_by_name:
+                tasks_by_name[what] = bar.add_task(what, total=total)
+            bar.update(tasks_by_name[what], completed=done, total=total)
+
+        with listening(update):
+            return run(*args)
+
+
+@app.command()
+def simulate(
+    problem: Annotated[str | None, typer.Option(help="Problem name (see `prnf problems`).")] = None,
+    n_particles: Annotated[int | None, typer.Option("-n", "--n-particles")] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="Particles per chunk.")] = None,
+    t_end: Annotated[float | None, typer.Option(help="Horizon T.")] = None,
+    dt: Annotated[float | None, typer.Option(help="Euler-Maruyama step.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    initial: Annotated[
+        str | None, typer.Option(help="Initial distribution: JSON/YAML text or a .yaml/.json file.")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="Problem parameter KEY=VALUE (repeatable).")
+    ] = None,
+    save_times: Annotated[str | None, typer.Option(help="Comma-separated snapshot times.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float64 or float32.")] = None,
+    out_path: Annotated[str | None, typer.Option("--out", help="Store path.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Dask workers (0: in-process).")] = None,
+    address: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file of simulate parameters; options override it.")
+    ] = None,
+) -> None:
+    """Simulate a dataset of (x0, X_T) pairs into a chunked Zarr store (resumable)."""
+    params = _load_yaml(config)
+    dataset = dict(params.get("dataset") or {})
+    overrides = {
+        "problem": problem, "n_particles": n_particles, "chunk_size": chunk_size,
+        "t_end": t_end, "dt": dt, "seed": seed, "dtype": dtype, "initial": initial,
+    }
+    dataset.update({k: v for k, v in overrides.items() if v is not None})
+    if param:
+        dataset["problem_params"] = {**dataset.get("problem_params", {}),
+                                     **_parse_kv(param, "--param")}
+    if save_times:
+        try:
+            dataset["save_times"] = [float(t) for t in save_times.split(",")]
+        except ValueError:
+            _fail(f"--save-times: expected comma-separated numbers, got {save_times!r}")
+    dataset.setdefault("problem", "abc3d")
+    dataset.setdefault("n_particles", 40_000)
+    params["dataset"] = dataset
+    if out_path is not None:
+        params["output"] = out_path
+    execution = dict(params.get("execution") or {})
+    execution.update({k: v for k, v in {"workers": workers, "address": address}.items()
+                      if v is not None})
+    params["execution"] = execution
+    result = _start_simulate(params)
+    out.print(f"dataset id: {result['dataset_id']}")
+    out.print(f"store: {result['path']}")
+    out.print(
+        f"chunks simulated: {result['chunks_simulated']} "
+        f"(already complete: {result['chunks_already_done']}) of {result['n_chunks']}; "
+        f"complete: {result['complete']}; {result['seconds']:.1f} s"
+    )
+
+
+def _start_simulate(raw: dict[str, Any]) -> dict[str, Any]:
+    from flows.simulate import SimulateParams, simulate_flow
+
+    try:
+        params = SimulateParams.model_validate(raw)
+    except ValidationError as exc:
+        _fail(format_validation_error(exc))
+    try:
+        return _run_with_progress(simulate_flow, params)
+    except PrnfError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def info(store: Annotated[Path, typer.Argument(help="Dataset store path.")]) -> None:
+    """Show a dataset's id, configuration and completion."""
+    from prnf_core.dataset import open_dataset
+
+    try:
+        dataset = open_dataset(store)
+    except (FileNotFoundError, PrnfError) as exc:
+        _fail(str(exc))
+    meta = dataset.meta
+    missing = dataset.missing_chunks()
+    out.print(f"dataset id: {meta['dataset_id']}  (schema {meta['schema_version']}, "
+              f"prnf {meta['package_version']})")
+    out.print(f"particles: {dataset.n_particles}, dim: {dataset.dim}, "
+              f"chunks missing: {len(missing)} of {dataset.config.n_chunks}, "
+              f"complete: {dataset.is_complete}")
+    out.print(json.dumps(meta["resolved_config"], indent=2))
+
+
+@app.command()
+def run() -> None:
+    """The main job on embedded defaults: simulate the default abc3d training set."""
+    result = _start_simulate({"dataset": {"problem": "abc3d", "n_particles": 40_000,
+                                          "chunk_size": 5_000}})
+    out.print(f"dataset {result['dataset_id']} at {result['path']}: "
+              f"{result['n_particles']} particles, complete={result['complete']}, "
+              f"{result['seconds']:.1f} s")
+
+
+def main() -> None:  # pragma: no cover - entry point for `python -m flows.cli`
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

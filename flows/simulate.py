@@ -1,0 +1,33 @@
+"""The ``simulate`` flow: create a dataset store and fill it on Dask."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from pydantic import BaseModel, ConfigDict, Field
+
+from prnf_core.cluster import ExecutionConfig
+from prnf_core.dataset import DatasetConfig
+from tasks.simulate import prepare_dataset, simulate_chunks
+
+
+class SimulateParams(BaseModel):
+    """Parameters of the simulate flow (the Prefect UI form, the CLI and YAML share them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetConfig = Field(description="What to simulate: problem, x0 law, sizes, seed.")
+    output: str | None = Field(
+        None, description="Store path; default: <data root>/datasets/<problem>-<dataset id>.zarr.",
+    )
+    execution: ExecutionConfig = Field(
+        default_factory=ExecutionConfig, description="Dask workers, scheduler address or cluster.",
+    )
+
+
+@flow(name="simulate", log_prints=True)
+def simulate_flow(params: SimulateParams) -> dict[str, Any]:
+    """Simulate every missing chunk of a dataset; re-running resumes an interrupted store."""
+    prepared = prepare_dataset(params.dataset, params.output)
+    return simulate_chunks(params.dataset, prepared["path"], params.execution)

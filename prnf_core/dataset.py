@@ -1,0 +1,382 @@
+"""Simulated datasets: their configuration, id and chunked Zarr v3 layout.
+
+One Zarr group per dataset::
+
+    <store>/
+      zarr.json            attributes["prnf"] = {schema_version, package_version, dataset_id,
+                                                 config, problem, complete}
+      x0        (n, d)     initial states, chunked (chunk_size, d) along particles
+      xT        (n, d)     final states at t_end
+      snapshots (k, n, d)  states at config.save_times (only when asked)
+      chunk_done (n_chunks,) uint8, one Zarr chunk per entry: 1 once a chunk's data is written
+
+Every simulation chunk is one Zarr chunk of each array and has exactly one writer, so parallel
+writers never share a file (no sharding: parallel writes into one shard lose data). Completion is
+recorded explicitly in ``chunk_done`` after the data, never inferred from chunk existence, and
+``complete`` is set only when every chunk is done: a killed run leaves a store that reads as
+incomplete and whose missing chunks a re-run fills.
+
+Randomness: chunk ``i`` uses ``SeedSequence(seed, spawn_key=(i,))`` (the i-th child of
+``SeedSequence(seed)``) for both its initial states and its noise, so a dataset is bit-identical
+whatever the number of workers or the order chunks run in.
+
+>>> from prnf_core.dataset import DatasetConfig
+>>> cfg = DatasetConfig(problem="bm1d", n_particles=1000, chunk_size=250)
+>>> cfg.n_chunks, len(cfg.dataset_id())
+(4, 16)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from prnf_core import __version__
+from prnf_core.errors import DatasetMismatchError, IncompleteDatasetError
+from prnf_core.initial import InitialSpec, Uniform, parse_initial
+from prnf_core.problems import get_problem
+from prnf_core.sde import SDE
+from prnf_core.simulate import DType, save_steps, simulate, step_count
+
+SCHEMA_VERSION = 1
+ATTR_KEY = "prnf"
+
+
+class DatasetConfig(BaseModel):
+    """Everything that determines a dataset's content; its hash is the dataset id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    problem: str = Field(description="Registered problem name (see `prnf problems`).")
+    problem_params: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the problem's parameters."
+    )
+    initial: InitialSpec | None = Field(
+        None, description="Initial distribution of x0; default: uniform on the training domain."
+    )
+    n_particles: int = Field(gt=0, description="Number of trajectories (rows).")
+    chunk_size: int = Field(100_000, gt=0, description="Particles per chunk (unit of parallelism).")
+    t_end: float | None = Field(None, gt=0, description="Horizon T; default: the problem's.")
+    dt: float | None = Field(None, gt=0, description="Euler–Maruyama step; default: the problem's.")
+    seed: int = Field(0, ge=0, description="Root seed; chunk i uses SeedSequence(seed, (i,)).")
+    save_times: list[float] | None = Field(
+        None, description="Times in [0, T] (on the dt grid) at which to keep snapshots."
+    )
+    dtype: DType = Field("float64", description="Simulation and storage precision.")
+
+    @field_validator("initial", mode="before")
+    @classmethod
+    def _parse_initial(cls, value: Any) -> Any:
+        return None if value is None else parse_initial(value)
+
+    @model_validator(mode="after")
+    def _check_against_problem(self) -> DatasetConfig:
+        sde = self.sde()
+        if self.initial is not None and self.initial.dim != sde.dim:
+            raise ValueError(
+                f"initial: spec has dimension {self.initial.dim} but problem {self.problem!r} "
+                f"has dimension {sde.dim}"
+            )
+        step_count(self.horizon, self.step)
+        save_steps(self.save_times, self.horizon, self.step)
+        return self
+
+    def sde(self) -> SDE:
+        return get_problem(self.problem, **self.problem_params)
+
+    @property
+    def horizon(self) -> float:
+        return self.t_end if self.t_end is not None else self.sde().t_end
+
+    @property
+    def step(self) -> float:
+        return self.dt if self.dt is not None else self.sde().dt
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.n_particles / self.chunk_size)
+
+    def initial_spec(self) -> InitialSpec:
+        if self.initial is not None:
+            return self.initial
+        low, high = self.sde().domain
+        return Uniform(low=list(low), high=list(high))
+
+    def chunk_bounds(self, index: int) -> tuple[int, int]:
+        start = index * self.chunk_size
+        return start, min(start + self.chunk_size, self.n_particles)
+
+    def resolved(self) -> dict[str, Any]:
+        """The config with every default filled in (problem parameters too): what is hashed."""
+        sde = self.sde()
+        return {
+            "problem": self.problem,
+            "problem_params": sde.describe()["params"],
+            "initial": self.initial_spec().model_dump(mode="json"),
+            "n_particles": self.n_particles,
+            "chunk_size": self.chunk_size,
+            "t_end": float(self.horizon),
+            "dt": float(self.step),
+            "seed": self.seed,
+            "save_times": self.save_times,
+            "dtype": self.dtype,
+        }
+
+    def dataset_id(self) -> str:
+        canonical = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def chunk_seed(seed: int, index: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence(seed, spawn_key=(index,))
+
+
+def simulate_chunk_arrays(
+    config: DatasetConfig, index: int, device: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """x0, xT and snapshots of chunk ``index``: a pure function of (config, index)."""
+    start, stop = config.chunk_bounds(index)
+    x0_seq, noise_seq = chunk_seed(config.seed, index).spawn(2)
+    x0 = config.initial_spec().sample(stop - start, np.random.default_rng(x0_seq))
+    dtype = np.float64 if config.dtype == "float64" else np.float32
+    x0 = np.ascontiguousarray(x0, dtype=dtype)
+    sde = config.sde()
+    try:
+        result = simulate(sde, x0, config.horizon, config.step, seed=noise_seq,
+                          save_times=config.save_times, dtype=config.dtype, device=device)
+    except Exception as exc:
+        if hasattr(exc, "in_chunk"):
+            raise exc.in_chunk(index) from None
+        raise
+    return x0, result.xT, result.snapshots
+
+
+@dataclass
+class Dataset:
+    """An open dataset store. Create with :func:`create_dataset`, open with :func:`open_dataset`."""
+
+    path: str
+    group: zarr.Group
+
+    # -- metadata -----------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.group.attrs[ATTR_KEY])
+
+    @property
+    def config(self) -> DatasetConfig:
+        return DatasetConfig.model_validate(self.meta["config"])
+
+    @property
+    def dataset_id(self) -> str:
+        return self.meta["dataset_id"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.group["x0"].shape[1])
+
+    @property
+    def n_particles(self) -> int:
+        return int(self.group["x0"].shape[0])
+
+    def done_mask(self) -> np.ndarray:
+        return np.asarray(self.group["chunk_done"][:], dtype=bool)
+
+    def missing_chunks(self) -> list[int]:
+        return [int(i) for i in np.flatnonzero(~self.done_mask())]
+
+    @property
+    def is_complete(self) -> bool:
+        return bool(self.meta.get("complete")) and not self.missing_chunks()
+
+    # -- writing ------------------------------------------------------------------------------
+    def write_chunk(self, index: int, x0: np.ndarray, xT: np.ndarray,
+                    snapshots: np.ndarray | None) -> None:
+        """Write one chunk's arrays, then mark it done (the marker is written last)."""
+        config = self.config
+        start, stop = config.chunk_bounds(index)
+        for name, arr in (("x0", x0), ("xT", xT)):
+            if arr.shape != (stop - start, self.dim):
+                raise ValueError(f"{name}: chunk {index} needs shape {(stop - start, self.dim)}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{name}: chunk {index} holds non-finite values; not written")
+        self.group["x0"][start:stop] = x0
+        self.group["xT"][start:stop] = xT
+        if snapshots is not None:
+            self.group["snapshots"][:, start:stop] = snapshots
+        self.group["chunk_done"][index] = 1
+
+    def finalize(self) -> bool:
+        """Set ``complete`` once every chunk is done; return whether the dataset is complete."""
+        if self.missing_chunks():
+            return False
+        if not self.meta.get("complete"):
+            meta = self.meta
+            meta["complete"] = True
+            self.group.attrs[ATTR_KEY] = meta
+        return True
+
+    # -- reading ------------------------------------------------------------------------------
+    def _require_complete(self, allow_partial: bool) -> None:
+        if not allow_partial and not self.is_complete:
+            missing = self.missing_chunks()
+            raise IncompleteDatasetError(
+                f"dataset {self.path} is incomplete: {len(missing)} of {self.config.n_chunks} "
+                f"chunks missing (first: {missing[:5]}); re-run the simulation to fill them"
+            )
+
+    def load(self, name: Literal["x0", "xT", "snapshots"] = "xT",
+             allow_partial: bool = False) -> np.ndarray:
+        """A whole array as numpy (only complete datasets unless ``allow_partial``)."""
+        self._require_complete(allow_partial)
+        if name not in self.group:
+            raise KeyError(f"array {name!r} not in dataset; has {sorted(self.group.array_keys())}")
+        return self.group[name][:]
+
+    def to_dask(self, name: Literal["x0", "xT", "snapshots"] = "xT"):
+        """A lazily loaded dask array with the store's chunking."""
+        import dask.array as da
+
+        self._require_complete(False)
+        return da.from_zarr(self.group[name])
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training pairs ``(x0, xT)`` as numpy arrays."""
+        return self.load("x0"), self.load("xT")
+
+
+def _compressor() -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.bitshuffle)
+
+
+def _open_group(path: str | Path, mode: str) -> zarr.Group:
+    return zarr.open_group(str(path), mode=mode, zarr_format=3)
+
+
+def create_dataset(config: DatasetConfig, path: str | Path) -> Dataset:
+    """Create the store for ``config`` at ``path``, or reopen it if it holds the same config.
+
+    Raises:
+        DatasetMismatchError: ``path`` holds another dataset (the differing fields are named) or
+            something that is not a prnf dataset. Nothing stored is touched.
+    """
+    path = str(path)
+    existing = _existing_group(path)
+    if existing is not None:
+        dataset = Dataset(path, existing)
+        _check_same_config(dataset, config)
+        return dataset
+    sde = config.sde()
+    group = _open_group(path, "w-")
+    n, d, cs = config.n_particles, sde.dim, config.chunk_size
+    dtype = config.dtype
+    for name in ("x0", "xT"):
+        group.create_array(name, shape=(n, d), chunks=(cs, d), dtype=dtype,
+                           compressors=_compressor(), fill_value=np.nan,
+                           dimension_names=("particle", "coordinate"))
+    if config.save_times:
+        group.create_array("snapshots", shape=(len(config.save_times), n, d),
+                           chunks=(len(config.save_times), cs, d), dtype=dtype,
+                           compressors=_compressor(), fill_value=np.nan,
+                           dimension_names=("time", "particle", "coordinate"))
+    group.create_array("chunk_done", shape=(config.n_chunks,), chunks=(1,), dtype="uint8",
+                       fill_value=0, compressors=None)
+    # Attributes last: a store without them is not yet a dataset and is recreated cleanly.
+    group.attrs[ATTR_KEY] = {
+        "schema_version": SCHEMA_VERSION,
+        "package_version": __version__,
+        "dataset_id": config.dataset_id(),
+        "config": config.model_dump(mode="json"),
+        "resolved_config": config.resolved(),
+        "problem": sde.describe(),
+        "complete": False,
+    }
+    return Dataset(path, group)
+
+
+def _existing_group(path: str) -> zarr.Group | None:
+    p = Path(path)
+    if not p.exists():
+        return None
+    try:
+        group = _open_group(path, "r+")
+    except Exception:
+        if p.is_dir() and not any(p.iterdir()):
+            return None
+        raise DatasetMismatchError(
+            f"output: {path} exists and is not a Zarr group; refusing to overwrite it"
+        ) from None
+    if ATTR_KEY not in group.attrs:
+        if not list(group.keys()):
+            return None
+        raise DatasetMismatchError(
+            f"output: {path} is a Zarr group but not a prnf dataset; refusing to overwrite it"
+        )
+    return group
+
+
+def _check_same_config(dataset: Dataset, config: DatasetConfig) -> None:
+    meta = dataset.meta
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise DatasetMismatchError(
+            f"output: {dataset.path} has schema version {meta.get('schema_version')}, "
+            f"this prnf writes {SCHEMA_VERSION}"
+        )
+    if meta["dataset_id"] == config.dataset_id():
+        return
+    stored = meta.get("resolved_config", {})
+    new = config.resolved()
+    diff = sorted(k for k in set(stored) | set(new) if stored.get(k) != new.get(k))
+    details = "; ".join(f"{k}: stored {stored.get(k)!r}, requested {new.get(k)!r}" for k in diff)
+    raise DatasetMismatchError(
+        f"output: {dataset.path} holds dataset {meta['dataset_id']} with another config "
+        f"({details}); choose another output path or the same config"
+    )
+
+
+def open_dataset(path: str | Path) -> Dataset:
+    """Open an existing dataset store (read and append)."""
+    path = str(path)
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no dataset at {path}")
+    group = _existing_group(path)
+    if group is None:
+        raise IncompleteDatasetError(f"{path} is an empty store, not (yet) a prnf dataset")
+    return Dataset(path, group)
+
+
+def simulate_and_write_chunk(path: str, index: int, device: str | None = None,
+                             torch_threads: int | None = None) -> dict[str, Any]:
+    """Simulate chunk ``index`` of the dataset at ``path`` and write it. Returns small metadata.
+
+    A plain function (no Prefect): it is what Dask workers run. Skips a chunk already done.
+    """
+    import time
+
+    import torch
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    dataset = open_dataset(path)
+    if dataset.done_mask()[index]:
+        return {"chunk": index, "skipped": True, "seconds": 0.0, "n": 0}
+    started = time.perf_counter()
+    x0, xT, snaps = simulate_chunk_arrays(dataset.config, index, device=device)
+    simulated = time.perf_counter()
+    dataset.write_chunk(index, x0, xT, snaps)
+    return {
+        "chunk": index,
+        "skipped": False,
+        "n": len(x0),
+        "seconds": time.perf_counter() - started,
+        "write_seconds": time.perf_counter() - simulated,
+    }

@@ -1,0 +1,89 @@
+r"""Runaway electrons: hot-tail generation after a tokamak disruption (paper experiment 2).
+
+State :math:`(p, ξ)`: normalized momentum and cosine of the pitch angle, a relativistic
+collisional model with diagonal noise. With :math:`\tilde δ=\sqrt{2\tilde T/mc^2}`,
+:math:`δ=\sqrt{2\hat T_f/mc^2}`, :math:`\bar v_T=\sqrt{\hat T_f/\tilde T}`,
+:math:`\ln\hat Λ = 14.9-\tfrac12\ln 0.28+\ln\hat T_f`, :math:`\ln\tilde Λ = 14.9-\tfrac12\ln 0.28+\ln\tilde T`,
+:math:`\bar ν=(\tilde T/\hat T_f)^{3/2}\ln\hat Λ/\ln\tilde Λ`, :math:`E=E_0(\tilde T/\hat T_f)^{3/2}`,
+:math:`γ=\sqrt{1+(\tilde δ p)^2}`, :math:`x=p/(\bar v_T γ)`, :math:`φ=\mathrm{erf}(x)`,
+:math:`ψ=(φ-xφ')/(2x^2)`:
+
+.. math::
+    C_A = \bar ν \bar v_T^2 ψ/x,\quad C_B = \tfrac12 \bar ν \bar v_T^2 (Z+φ-ψ+δ^4x^2/2)/x,\quad
+    C_F = 2\bar ν \bar v_T ψ
+
+    b_p = Eξ - γp(1-ξ^2)/τ - C_F + 2C_A/p + \partial_p C_A,\qquad
+    b_ξ = E(1-ξ^2)/p + ξ(1-ξ^2)/(τγ) - 2ξ C_B/p^2
+
+    σ_p = \sqrt{2 C_A},\qquad σ_ξ = \sqrt{2 C_B}\,\sqrt{1-ξ^2}/p
+
+:math:`\partial_p C_A` is analytic: :math:`ψ' = φ' - 2ψ/x` and :math:`dx/dp = 1/(\bar v_T γ^3)`.
+Boundaries: p below p_min = 0.5 is set to p_min; ξ is reflected at ±1. dt = 0.005, T = 20.
+Parameters as in the same group's later public work (see ``shared/paper-notes.md``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from prnf_core.sde import SDE, Boundary
+
+_FLOOR = 1e-10
+
+
+def derived_constants(p: dict) -> dict[str, float]:
+    """Scalar constants of the collision model from the primary parameters."""
+    ratio = p["T_tilde"] / p["Tf_hat"]
+    ln_hat = 14.9 - 0.5 * math.log(0.28) + math.log(p["Tf_hat"])
+    ln_tilde = 14.9 - 0.5 * math.log(0.28) + math.log(p["T_tilde"])
+    return {
+        "delta_tilde": math.sqrt(2 * p["T_tilde"] / p["mc2"]),
+        "delta": math.sqrt(2 * p["Tf_hat"] / p["mc2"]),
+        "vT": math.sqrt(p["Tf_hat"] / p["T_tilde"]),
+        "nu": ratio**1.5 * ln_hat / ln_tilde,
+        "E": p["E0"] * ratio**1.5,
+    }
+
+
+def _coefficients(x: torch.Tensor, t: float, p: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    k = derived_constants(p)
+    vT, nu, e_field, tau, z = k["vT"], k["nu"], k["E"], p["tau"], p["Z"]
+    mom, xi = x.unbind(1)
+    gamma = torch.sqrt(1 + (k["delta_tilde"] * mom) ** 2)
+    u = mom / (vT * gamma)
+    phi = torch.erf(u)
+    dphi = (2 / math.sqrt(math.pi)) * torch.exp(-u * u)
+    psi = (phi - u * dphi) / (2 * u * u)
+    c_a = (nu * vT**2 * psi / u).clamp_min(_FLOOR)
+    c_b = (0.5 * nu * vT**2 * (z + phi - psi + k["delta"] ** 4 * u * u / 2) / u).clamp_min(_FLOOR)
+    c_f = 2 * nu * vT * psi
+    dpsi = dphi - 2 * psi / u
+    dca_dp = nu * vT**2 * (dpsi * u - psi) / (u * u) / (vT * gamma**3)
+    one_m_xi2 = (1 - xi * xi).clamp_min(0)
+    b_p = e_field * xi - gamma * mom * one_m_xi2 / tau - c_f + 2 * c_a / mom + dca_dp
+    b_xi = e_field * one_m_xi2 / mom + xi * one_m_xi2 / (tau * gamma) - 2 * xi * c_b / mom**2
+    s_p = torch.sqrt(2 * c_a)
+    s_xi = torch.sqrt(2 * c_b) * torch.sqrt(one_m_xi2) / mom
+    return torch.stack((b_p, b_xi)).T, torch.stack((s_p, s_xi)).T
+
+
+def runaway2d(*, Z: float = 1.0, E0: float = 1 / 2000, tau: float = 6000.0, T_tilde: float = 3.0,
+              mc2: float = 500.0, Tf_hat: float = 0.05, p_min: float = 0.5, p_max: float = 5.0,
+              t_end: float = 20.0, dt: float = 0.005) -> SDE:
+    if not 0 < p_min < p_max:
+        raise ValueError(f"need 0 < p_min < p_max, got p_min={p_min}, p_max={p_max}")
+    return SDE(
+        name="runaway2d", dim=2,
+        drift=lambda x, t, p: _coefficients(x, t, p)[0],
+        diffusion=lambda x, t, p: _coefficients(x, t, p)[1],
+        drift_and_diffusion=_coefficients,
+        noise="diagonal",
+        params={"Z": Z, "E0": E0, "tau": tau, "T_tilde": T_tilde, "mc2": mc2,
+                "Tf_hat": Tf_hat, "p_min": p_min},
+        boundaries=(Boundary("clamp", low=p_min), Boundary("reflect", low=-1.0, high=1.0)),
+        coord_names=("p", "xi"), t_end=t_end, dt=dt,
+        domain=([p_min, -1.0], [p_max, 1.0]),
+        description="runaway electrons (p, xi), relativistic collisions (paper exp. 2)",
+    )

@@ -1,0 +1,261 @@
+r"""Stochastic differential equations :math:`dX_t = b(X_t, t)\,dt + \sigma(X_t, t)\,dW_t`.
+
+An :class:`SDE` bundles the coefficients with everything the rest of prnf needs to know about a
+problem: the dimension, the noise kind, boundary rules applied after each step, coordinate names,
+the default horizon and step, and the training domain (the box training :math:`x_0` are drawn from).
+
+Coefficients are written with ``torch`` operations and are vectorized over particles: ``x`` is an
+``(n, d)`` tensor (a view, do not modify it in place), ``t`` a float and ``params`` the SDE's
+parameter mapping. The shape ``diffusion`` must return depends on ``noise``:
+
+===========  ===========================  =======================================================
+noise        diffusion returns            update
+===========  ===========================  =======================================================
+additive     ``(d,)`` or ``(d, m)``        σ does not depend on x (it may depend on t)
+diagonal     ``(n, d)``                   :math:`X^i \mathrel{+}= σ^i(X)\,ΔW^i`, m = d
+general      ``(n, d, m)``                :math:`X^i \mathrel{+}= \sum_j σ^{ij}(X)\,ΔW^j`
+===========  ===========================  =======================================================
+
+Example:
+    >>> import torch
+    >>> from prnf_core import SDE, Boundary
+    >>> gbm = SDE(
+    ...     name="gbm", dim=1,
+    ...     drift=lambda x, t, p: p["mu"] * x,
+    ...     diffusion=lambda x, t, p: p["sigma"] * x,
+    ...     noise="diagonal", params={"mu": 0.05, "sigma": 0.2},
+    ...     boundaries=(Boundary("clamp", low=0.0),),
+    ...     t_end=1.0, dt=0.01, domain=([0.5], [2.0]),
+    ... )
+    >>> gbm.dim, gbm.noise_dim
+    (1, 1)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+NoiseKind = Literal["additive", "diagonal", "general"]
+NOISE_KINDS: tuple[str, ...] = ("additive", "diagonal", "general")
+BoundaryKind = Literal["reflect", "clamp", "periodic"]
+BOUNDARY_KINDS: tuple[str, ...] = ("reflect", "clamp", "periodic")
+
+Coefficient = Callable[[torch.Tensor, float, Mapping[str, Any]], torch.Tensor]
+GaussianTransition = Callable[[np.ndarray, float, Mapping[str, Any]], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """A rule applied to one coordinate after every Euler–Maruyama step.
+
+    * ``reflect``: mirror at ``low`` and/or ``high`` (repeatedly, so any overshoot lands inside).
+    * ``clamp``: values beyond a bound are set to the bound.
+    * ``periodic``: wrap into ``[low, high)``; needs both bounds.
+
+    A missing bound (``None``) means unbounded on that side.
+    """
+
+    kind: BoundaryKind
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in BOUNDARY_KINDS:
+            raise ValueError(f"Boundary.kind must be one of {BOUNDARY_KINDS}, got {self.kind!r}")
+        if self.low is None and self.high is None:
+            raise ValueError("Boundary needs at least one of low/high")
+        if self.kind == "periodic" and (self.low is None or self.high is None):
+            raise ValueError("Boundary.kind='periodic' needs both low and high")
+        if self.low is not None and self.high is not None and not self.low < self.high:
+            raise ValueError(f"Boundary needs low < high, got low={self.low}, high={self.high}")
+
+    def apply_(self, x: torch.Tensor) -> None:
+        """Apply the rule in place to a 1-D tensor of one coordinate."""
+        lo, hi = self.low, self.high
+        if self.kind == "clamp":
+            x.clamp_(min=lo, max=hi)
+        elif self.kind == "periodic":
+            x.sub_(lo).remainder_(hi - lo).add_(lo)
+        elif lo is not None and hi is not None:
+            # Reflection on an interval is a triangle wave of period 2L: fold into [0, 2L),
+            # then mirror the upper half. Exact for any overshoot, not only one bounce.
+            length = hi - lo
+            x.sub_(lo).remainder_(2 * length)
+            x.copy_(length - (x - length).abs()).add_(lo)
+        elif lo is not None:
+            x.sub_(lo).abs_().add_(lo)
+        else:
+            x.sub_(hi).abs_().neg_().add_(hi)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "low": self.low, "high": self.high}
+
+
+def _as_box(domain: Any, dim: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    low, high = (np.asarray(v, dtype=float).reshape(-1) for v in domain)
+    if low.shape != (dim,) or high.shape != (dim,):
+        raise ValueError(
+            f"SDE.domain must be (low, high) with {dim} values each, got shapes "
+            f"{low.shape} and {high.shape}"
+        )
+    if not np.all(low < high):
+        raise ValueError(f"SDE.domain needs low < high in every coordinate, got {low} and {high}")
+    return tuple(low.tolist()), tuple(high.tolist())
+
+
+@dataclass(frozen=True)
+class SDE:
+    r"""An Itô SDE :math:`dX = b(X,t)\,dt + σ(X,t)\,dW` in :math:`\mathbb{R}^d` (see module doc).
+
+    Attributes:
+        name: Identifier (the registry name for built-in problems).
+        dim: State dimension d.
+        drift: ``b(x, t, params) -> (n, d)``.
+        diffusion: ``σ(x, t, params)``, shape by ``noise`` (module doc).
+        noise: ``"additive"``, ``"diagonal"`` or ``"general"``.
+        noise_dim: Brownian dimension m (``d`` for diagonal; required for general).
+        params: Parameters passed to the coefficients; recorded with every dataset.
+        boundaries: One :class:`Boundary` or ``None`` per coordinate, or ``None`` for none.
+        coord_names: Names of the coordinates (defaults ``x0, x1, ...``).
+        t_end: Default horizon T.
+        dt: Default Euler–Maruyama step.
+        domain: ``(low, high)`` box from which training initial states are drawn.
+        gaussian_transition: For problems with an exact Gaussian transition,
+            ``(x0 (n, d), t, params) -> (mean (n, d), cov (d, d))``.
+        drift_and_diffusion: Optional fused ``(x, t, params) -> (b, σ)`` for coefficients that
+            share work; the simulator prefers it when given.
+        description: One line for ``prnf problems``.
+    """
+
+    name: str
+    dim: int
+    drift: Coefficient
+    diffusion: Coefficient
+    noise: NoiseKind = "diagonal"
+    t_end: float = 1.0
+    dt: float = 0.01
+    domain: Any = None
+    noise_dim: int | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    boundaries: Sequence[Boundary | None] | None = None
+    coord_names: Sequence[str] | None = None
+    gaussian_transition: GaussianTransition | None = None
+    drift_and_diffusion: Callable[[torch.Tensor, float, Mapping[str, Any]],
+                                  tuple[torch.Tensor, torch.Tensor]] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"SDE.dim must be a positive int, got {self.dim!r}")
+        if self.noise not in NOISE_KINDS:
+            raise ValueError(f"SDE.noise must be one of {NOISE_KINDS}, got {self.noise!r}")
+        if self.noise == "diagonal":
+            if self.noise_dim not in (None, self.dim):
+                raise ValueError(
+                    f"SDE.noise_dim must equal dim={self.dim} for diagonal noise, "
+                    f"got {self.noise_dim}"
+                )
+            object.__setattr__(self, "noise_dim", self.dim)
+        elif self.noise == "general" and self.noise_dim is None:
+            raise ValueError("SDE.noise_dim (Brownian dimension m) is required for general noise")
+        elif self.noise == "additive" and self.noise_dim is None:
+            object.__setattr__(self, "noise_dim", self.dim)
+        if self.noise_dim < 1:
+            raise ValueError(f"SDE.noise_dim must be >= 1, got {self.noise_dim}")
+        for name in ("t_end", "dt"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"SDE.{name} must be a finite number > 0, got {value!r}")
+        if self.domain is None:
+            raise ValueError("SDE.domain (low, high) of the training box is required")
+        object.__setattr__(self, "domain", _as_box(self.domain, self.dim))
+        if self.boundaries is not None:
+            if len(self.boundaries) != self.dim:
+                raise ValueError(
+                    f"SDE.boundaries needs one entry (Boundary or None) per coordinate: "
+                    f"{self.dim}, got {len(self.boundaries)}"
+                )
+            object.__setattr__(self, "boundaries", tuple(self.boundaries))
+        names = self.coord_names or tuple(f"x{i}" for i in range(self.dim))
+        if len(names) != self.dim:
+            raise ValueError(f"SDE.coord_names needs {self.dim} names, got {len(names)}")
+        object.__setattr__(self, "coord_names", tuple(names))
+        object.__setattr__(self, "params", dict(self.params))
+
+    # -- properties declared for solvers and for later layers -------------------------------
+    @property
+    def has_boundaries(self) -> bool:
+        return self.boundaries is not None and any(b is not None for b in self.boundaries)
+
+    @property
+    def has_exact_transition(self) -> bool:
+        return self.gaussian_transition is not None
+
+    def coefficients(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drift and diffusion at ``(x, t)``, fused when the problem provides it."""
+        if self.drift_and_diffusion is not None:
+            return self.drift_and_diffusion(x, t, self.params)
+        return self.drift(x, t, self.params), self.diffusion(x, t, self.params)
+
+    def apply_boundaries_(self, x: torch.Tensor) -> None:
+        """Apply every coordinate's boundary rule in place to ``x`` of shape ``(n, d)``."""
+        if self.boundaries is None:
+            return
+        for i, rule in enumerate(self.boundaries):
+            if rule is not None:
+                rule.apply_(x[:, i])
+
+    def transition_mean_cov(self, x0: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """Exact Gaussian transition of ``X_t | X_0 = x0``: mean ``(n, d)``, covariance ``(d, d)``."""
+        if self.gaussian_transition is None:
+            raise NotImplementedError(f"problem {self.name!r} has no exact transition density")
+        x0 = np.atleast_2d(np.asarray(x0, dtype=float))
+        if x0.shape[1] != self.dim:
+            raise ValueError(f"x0 must have shape (n, {self.dim}), got {x0.shape}")
+        return self.gaussian_transition(x0, float(t), self.params)
+
+    def transition_logpdf(self, y: np.ndarray, x0: np.ndarray, t: float) -> np.ndarray:
+        r"""Exact :math:`\log p(X_t = y \mid X_0 = x_0)` row by row, shape ``(n,)``."""
+        y = np.atleast_2d(np.asarray(y, dtype=float))
+        mean, cov = self.transition_mean_cov(x0, t)
+        if y.shape != mean.shape:
+            raise ValueError(f"y must have the shape of x0 {mean.shape}, got {y.shape}")
+        chol = np.linalg.cholesky(cov)
+        z = np.linalg.solve(chol, (y - mean).T).T
+        log_det = 2.0 * np.log(np.diag(chol)).sum()
+        return -0.5 * (z**2).sum(axis=1) - 0.5 * log_det - 0.5 * self.dim * np.log(2 * np.pi)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-JSON description recorded in dataset attributes."""
+        return {
+            "name": self.name,
+            "dim": self.dim,
+            "noise": self.noise,
+            "noise_dim": self.noise_dim,
+            "params": _jsonable(self.params),
+            "boundaries": None
+            if self.boundaries is None
+            else [None if b is None else b.as_dict() for b in self.boundaries],
+            "coord_names": list(self.coord_names),
+            "t_end": self.t_end,
+            "dt": self.dt,
+            "domain": [list(self.domain[0]), list(self.domain[1])],
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return np.asarray(value).tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

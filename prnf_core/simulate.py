@@ -1,0 +1,228 @@
+r"""Euler–Maruyama particle simulation.
+
+.. math::
+    X_{k+1} = X_k + b(X_k, t_k)\,Δt + σ(X_k, t_k)\,\sqrt{Δt}\,ξ_k,\qquad ξ_k \sim N(0, I_m),
+
+followed by the SDE's boundary rules. Strong order 1/2, weak order 1 (Kloeden & Platen 1992,
+§14.1); exact in law for constant coefficients (``bm1d``).
+
+Design for speed (see ``benchmarks/``): the state lives coordinate-major, a ``(d, n)`` tensor
+exposed to the coefficients as its ``(n, d)`` transpose, so per-coordinate operations run over
+contiguous memory; every update is in place; the noise buffer is reused. Normals come from the
+fastest generator for the dtype on CPU (numpy ``SFC64`` for float64, torch's vectorized generator
+for float32, measured in ``benchmarks/bench_simulate.py``) and from torch's generator on CUDA.
+Memory is a few ``(d, n)`` buffers: bounded by the number of particles simulated at once.
+
+>>> import numpy as np
+>>> from prnf_core import get_problem, simulate
+>>> out = simulate(get_problem("bm1d"), np.zeros((1000, 1)), seed=1)
+>>> out.xT.shape, abs(float(out.xT.mean()) - 0.5) < 0.1
+((1000, 1), True)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from prnf_core.errors import ConfigError, NonFiniteStateError
+from prnf_core.sde import SDE
+
+DType = Literal["float64", "float32"]
+DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """Final states ``xT (n, d)`` and, if asked, ``snapshots (len(save_times), n, d)``."""
+
+    xT: np.ndarray
+    snapshots: np.ndarray | None = None
+    save_times: np.ndarray | None = None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def step_count(t_end: float, dt: float) -> int:
+    """Number of steps; ``t_end`` must be a positive multiple of ``dt``."""
+    if not (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0):
+        raise ConfigError(f"dt: must be a finite number > 0, got {dt!r}")
+    if not (isinstance(t_end, int | float) and math.isfinite(t_end) and t_end > 0):
+        raise ConfigError(f"t_end: must be a finite number > 0, got {t_end!r}")
+    steps = round(t_end / dt)
+    if steps < 1 or abs(steps * dt - t_end) > 1e-9 * max(t_end, 1.0):
+        raise ConfigError(f"t_end: {t_end} is not a whole multiple of dt={dt}")
+    return steps
+
+
+def save_steps(save_times: np.ndarray | list[float] | None, t_end: float, dt: float) -> list[int]:
+    """Step indices of snapshot times; each must lie in [0, t_end] on the dt grid."""
+    if save_times is None:
+        return []
+    steps = []
+    for t in np.asarray(save_times, dtype=float).reshape(-1):
+        k = round(t / dt)
+        if not (0 <= t <= t_end * (1 + 1e-12)) or abs(k * dt - t) > 1e-9 * max(t_end, 1.0):
+            raise ConfigError(
+                f"save_times: {t} must lie in [0, t_end={t_end}] on the dt={dt} grid"
+            )
+        steps.append(k)
+    if sorted(set(steps)) != steps:
+        raise ConfigError(f"save_times: must be strictly increasing, got {list(save_times)}")
+    return steps
+
+
+class NoiseSource:
+    """Fills ``(m, n)`` buffers with standard normals from one reproducible stream."""
+
+    def __init__(self, seed: int | np.random.SeedSequence, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        self._numpy = None
+        self._torch = None
+        if device.type == "cpu" and dtype == torch.float64:
+            self._numpy = np.random.Generator(np.random.SFC64(seq))
+        else:
+            state = int(seq.generate_state(1, np.uint64)[0]) & (2**63 - 1)
+            self._torch = torch.Generator(device=device).manual_seed(state)
+
+    def fill_(self, buf: torch.Tensor) -> None:
+        if self._numpy is not None:
+            self._numpy.standard_normal(out=buf.numpy())
+        else:
+            buf.normal_(generator=self._torch)
+
+
+def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...], sde: SDE,
+                 what: str) -> None:
+    if tuple(tensor.shape) != expected:
+        raise ConfigError(
+            f"{name}: problem {sde.name!r} with noise={sde.noise!r} must return shape "
+            f"{what} = {expected}, got {tuple(tensor.shape)}"
+        )
+
+
+def simulate(
+    sde: SDE,
+    x0: np.ndarray,
+    t_end: float | None = None,
+    dt: float | None = None,
+    seed: int | np.random.SeedSequence = 0,
+    save_times: np.ndarray | list[float] | None = None,
+    dtype: DType = "float64",
+    device: str | torch.device | None = None,
+    check_every: int | None = None,
+) -> SimulationResult:
+    """Simulate one Euler–Maruyama trajectory per row of ``x0`` and return the end states.
+
+    Args:
+        sde: The problem.
+        x0: Initial states, shape ``(n, d)``.
+        t_end: Horizon T (default ``sde.t_end``); must be a multiple of ``dt``.
+        dt: Step (default ``sde.dt``).
+        seed: Integer or ``SeedSequence``: the whole noise stream is a function of it.
+        save_times: Times in ``[0, T]`` on the dt grid at which to keep snapshots.
+        dtype: ``"float64"`` (default) or ``"float32"`` (faster; see benchmarks/README.md for
+            where it is accurate enough).
+        device: Torch device; CUDA when present by default.
+        check_every: Steps between non-finite checks (1 on CPU, 50 on CUDA by default, where each
+            check synchronizes the device).
+
+    Raises:
+        ConfigError: bad shapes, steps or dtype, each naming the field.
+        NonFiniteStateError: a NaN/inf state, naming the step and the number of bad particles.
+    """
+    t_end = sde.t_end if t_end is None else t_end
+    dt = sde.dt if dt is None else dt
+    n_steps = step_count(t_end, dt)
+    snap_steps = save_steps(save_times, t_end, dt)
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype: must be one of {list(DTYPES)}, got {dtype!r}")
+    x0 = np.asarray(x0)
+    if x0.ndim != 2 or x0.shape[1] != sde.dim:
+        raise ConfigError(f"x0: must have shape (n, {sde.dim}) for {sde.name!r}, got {x0.shape}")
+    if x0.shape[0] == 0:
+        raise ConfigError("x0: needs at least one particle")
+    if not np.issubdtype(x0.dtype, np.floating) and not np.issubdtype(x0.dtype, np.integer):
+        raise ConfigError(f"x0: must be a real array, got dtype {x0.dtype}")
+    if not np.isfinite(x0).all():
+        raise ConfigError(f"x0: {int((~np.isfinite(x0)).any(axis=1).sum())} rows are not finite")
+
+    dev = torch.device(device) if device is not None else default_device()
+    tdtype = DTYPES[dtype]
+    check_every = check_every or (1 if dev.type == "cpu" else 50)
+    n, d, m = x0.shape[0], sde.dim, sde.noise_dim
+    state = torch.empty((d, n), dtype=tdtype, device=dev)
+    xs = state.T  # (n, d) view handed to the coefficients
+    xs.copy_(torch.from_numpy(np.ascontiguousarray(x0)).to(tdtype))
+    noise_buf = torch.empty((m, n), dtype=tdtype, device=dev)
+    noise = NoiseSource(seed, tdtype, dev)
+    sqrt_dt = math.sqrt(dt)
+    snapshots = []
+    if 0 in snap_steps:
+        snapshots.append(xs.cpu().numpy().copy())
+
+    for k in range(n_steps):
+        t = k * dt
+        b, s = sde.coefficients(xs, t)
+        if k == 0:
+            _validate_coefficients(sde, b, s, n)
+        if s.untyped_storage().data_ptr() == state.untyped_storage().data_ptr():
+            s = s.clone()  # σ must be evaluated at X_k, before the drift update below
+        noise.fill_(noise_buf)
+        dw = noise_buf.T
+        xs.add_(b, alpha=dt)
+        if sde.noise == "diagonal":
+            xs.addcmul_(s, dw, value=sqrt_dt)
+        elif sde.noise == "additive" and s.ndim == 1:
+            xs.addcmul_(dw, s, value=sqrt_dt)
+        elif sde.noise == "additive":
+            state.addmm_(s, noise_buf, alpha=sqrt_dt)
+        else:
+            xs.add_(torch.einsum("ndm,nm->nd", s, dw), alpha=sqrt_dt)
+        sde.apply_boundaries_(xs)
+        if (k + 1) % check_every == 0 or k + 1 == n_steps:
+            _check_finite(sde, state, k + 1, (k + 1) * dt)
+        if k + 1 in snap_steps:
+            snapshots.append(xs.cpu().numpy().copy())
+
+    out_dtype = np.float64 if dtype == "float64" else np.float32
+    return SimulationResult(
+        xT=np.ascontiguousarray(xs.cpu().numpy(), dtype=out_dtype),
+        snapshots=np.stack(snapshots).astype(out_dtype) if snapshots else None,
+        save_times=np.asarray(save_times, dtype=float) if snap_steps else None,
+    )
+
+
+def _validate_coefficients(sde: SDE, b: torch.Tensor, s: torch.Tensor, n: int) -> None:
+    d, m = sde.dim, sde.noise_dim
+    _check_shape("drift", b, (n, d), sde, "(n, d)")
+    if sde.noise == "diagonal":
+        _check_shape("diffusion", s, (n, d), sde, "(n, d)")
+    elif sde.noise == "general":
+        _check_shape("diffusion", s, (n, d, m), sde, "(n, d, m)")
+    elif s.ndim == 1:
+        if m != d:
+            raise ConfigError(
+                f"diffusion: a (d,) vector needs noise_dim == dim for {sde.name!r}; "
+                f"got noise_dim={m}, dim={d}: return a (d, m) matrix instead"
+            )
+        _check_shape("diffusion", s, (d,), sde, "(d,)")
+    else:
+        _check_shape("diffusion", s, (d, m), sde, "(d,) or (d, m)")
+
+
+def _check_finite(sde: SDE, state: torch.Tensor, step: int, t: float) -> None:
+    # One reduction per step; the exact count is computed only on failure.
+    if math.isfinite(float(state.sum())):
+        return
+    bad = int((~torch.isfinite(state)).any(dim=0).sum())
+    if bad == 0:  # the sum overflowed although every value is finite
+        return
+    raise NonFiniteStateError(sde.name, step, t, bad, state.shape[1])
