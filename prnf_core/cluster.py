@@ -85,7 +85,9 @@ def dask_client(execution: ExecutionConfig) -> Iterator[Any | None]:
         try:
             cluster_cls = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"cluster_class: cannot import {execution.cluster_class!r}: {exc}")
+            raise ConfigError(
+                f"cluster_class: cannot import {execution.cluster_class!r}: {exc}"
+            ) from exc
         cluster = cluster_cls(**execution.cluster_kwargs)
         cluster.scale(max(execution.resolved_workers(), 1))
     else:

@@ -235,7 +235,9 @@ class Maxwellian(_Spec):
     """
 
     kind: Literal["maxwellian"] = "maxwellian"
-    temperature: float = Field(gt=0, description="Initial temperature T0_hat (same units as T_tilde).")
+    temperature: float = Field(
+        gt=0, description="Initial temperature T0_hat (same units as T_tilde)."
+    )
     T_tilde: float = Field(3.0, gt=0, description="Reference temperature of the normalization.")
     p_min: float = Field(0.5, ge=0, description="Momentum floor: smaller draws are resampled.")
 

@@ -166,8 +166,8 @@ class SDE:
             raise ValueError("SDE.noise_dim (Brownian dimension m) is required for general noise")
         elif self.noise == "additive" and self.noise_dim is None:
             object.__setattr__(self, "noise_dim", self.dim)
-        if self.noise_dim < 1:
-            raise ValueError(f"SDE.noise_dim must be >= 1, got {self.noise_dim}")
+        if not isinstance(self.noise_dim, int) or self.noise_dim < 1:
+            raise ValueError(f"SDE.noise_dim must be an int >= 1, got {self.noise_dim!r}")
         for name in ("t_end", "dt"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
@@ -212,7 +212,7 @@ class SDE:
                 rule.apply_(x[:, i])
 
     def transition_mean_cov(self, x0: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """Exact Gaussian transition of ``X_t | X_0 = x0``: mean ``(n, d)``, covariance ``(d, d)``."""
+        """Exact Gaussian law of ``X_t | X_0 = x0``: mean ``(n, d)``, covariance ``(d, d)``."""
         if self.gaussian_transition is None:
             raise NotImplementedError(f"problem {self.name!r} has no exact transition density")
         x0 = np.atleast_2d(np.asarray(x0, dtype=float))

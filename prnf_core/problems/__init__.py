@@ -39,12 +39,12 @@ def list_problems() -> dict[str, ProblemFactory]:
 
 
 def problem_parameters(name: str) -> dict[str, Any]:
-    """The keyword parameters of a problem and their defaults."""
+    """The parameters of a problem and their defaults (``"<required>"`` where there is none)."""
     factory = _factory(name)
     return {
-        k: p.default
+        k: "<required>" if p.default is inspect.Parameter.empty else p.default
         for k, p in inspect.signature(factory).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY or p.default is not inspect.Parameter.empty
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     }
 
 

@@ -54,12 +54,22 @@ def ou(*, dim: int = 2, A: list | None = None, mu: list | None = None,
     def transition(x0: np.ndarray, t: float, p: dict) -> tuple[np.ndarray, np.ndarray]:
         a_, mu_, s_ = (np.asarray(p[k], dtype=float) for k in ("A", "mu", "Sigma"))
         d = a_.shape[0]
+        # Van Loan on a short step h = t / 2^k: expm([[A, Q], [0, -A^T]] h) = [[., G], [0, H]]
+        # gives H^T G = ∫_0^h e^{-As} Q e^{-A^T s} ds (drift matrix -A). Then doubling,
+        # C(2h) = C(h) + e^{-Ah} C(h) e^{-A^T h}, avoids the cancellation of one large expm.
+        scale = float(np.abs(a_).sum(axis=0).max()) * t
+        k = int(np.ceil(np.log2(scale))) if scale > 1 else 0
+        h = t / 2**k
         block = np.zeros((2 * d, 2 * d))
-        block[:d, :d] = -a_
+        block[:d, :d] = a_
         block[:d, d:] = s_ @ s_.T
-        block[d:, d:] = a_.T
-        e = scipy.linalg.expm(block * t)
-        cov = e[d:, d:].T @ e[:d, d:]
+        block[d:, d:] = -a_.T
+        e = scipy.linalg.expm(block * h)
+        phi = e[d:, d:].T
+        cov = phi @ e[:d, d:]
+        for _ in range(k):
+            cov = cov + phi @ cov @ phi.T
+            phi = phi @ phi
         cov = 0.5 * (cov + cov.T)
         mean = mu_ + (x0 - mu_) @ scipy.linalg.expm(-a_ * t).T
         return mean, cov

@@ -3,8 +3,10 @@ r"""Runaway electrons: hot-tail generation after a tokamak disruption (paper exp
 State :math:`(p, ξ)`: normalized momentum and cosine of the pitch angle, a relativistic
 collisional model with diagonal noise. With :math:`\tilde δ=\sqrt{2\tilde T/mc^2}`,
 :math:`δ=\sqrt{2\hat T_f/mc^2}`, :math:`\bar v_T=\sqrt{\hat T_f/\tilde T}`,
-:math:`\ln\hat Λ = 14.9-\tfrac12\ln 0.28+\ln\hat T_f`, :math:`\ln\tilde Λ = 14.9-\tfrac12\ln 0.28+\ln\tilde T`,
-:math:`\bar ν=(\tilde T/\hat T_f)^{3/2}\ln\hat Λ/\ln\tilde Λ`, :math:`E=E_0(\tilde T/\hat T_f)^{3/2}`,
+:math:`\ln\hat Λ = 14.9-\tfrac12\ln 0.28+\ln\hat T_f`,
+:math:`\ln\tilde Λ = 14.9-\tfrac12\ln 0.28+\ln\tilde T`,
+:math:`\bar ν=(\tilde T/\hat T_f)^{3/2}\ln\hat Λ/\ln\tilde Λ`,
+:math:`E=E_0(\tilde T/\hat T_f)^{3/2}`,
 :math:`γ=\sqrt{1+(\tilde δ p)^2}`, :math:`x=p/(\bar v_T γ)`, :math:`φ=\mathrm{erf}(x)`,
 :math:`ψ=(φ-xφ')/(2x^2)`:
 

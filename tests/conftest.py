@@ -1,0 +1,35 @@
+"""Shared fixtures. Every test writes under a temporary data root; Prefect state is temporary."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+# Before prefect/mlflow are imported anywhere: a private Prefect home (cached results and the
+# ephemeral database must not leak between runs) and quiet telemetry.
+_SESSION_TMP = tempfile.mkdtemp(prefix="prnf-tests-")
+os.environ.setdefault("PREFECT_HOME", os.path.join(_SESSION_TMP, "prefect-home"))
+os.environ["PRNF_DATA_ROOT"] = os.path.join(_SESSION_TMP, "data")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (in-process API) for every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def dask_client_2():
+    """A real LocalCluster of 2 worker processes, shared by the tests that need one."""
+    from prnf_core.cluster import ExecutionConfig, dask_client
+
+    with dask_client(ExecutionConfig(workers=2)) as client:
+        yield client
