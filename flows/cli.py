@@ -167,6 +167,61 @@ def _start_simulate(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.command()
+def train(
+    data: Annotated[str | None, typer.Option(help="Dataset store to train on.")] = None,
+    architecture: Annotated[str | None, typer.Option(help="prnf (default) or nsf.")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    iterations: Annotated[
+        int | None, typer.Option(help="Gradient steps (overrides epochs).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    lam: Annotated[float | None, typer.Option(help="Reversibility weight lambda.")] = None,
+    width: Annotated[int | None, typer.Option(help="Hidden width.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Hidden layers.")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="'paper': the paper's network and optimization settings.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    out_dir: Annotated[str | None, typer.Option("--out", help="Model directory.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file of train parameters; options override it.")
+    ] = None,
+) -> None:
+    """Train a surrogate on a dataset; writes the model directory and summary.json."""
+    from flows.train import TrainParams, train_flow
+
+    raw = _load_yaml(config)
+    model = dict(raw.get("model") or {})
+    training = dict(raw.get("training") or {})
+    model.update({k: v for k, v in {"architecture": architecture, "hidden_width": width,
+                                    "hidden_layers": layers, "preset": preset}.items()
+                  if v is not None})
+    training.update({k: v for k, v in {"epochs": epochs, "iterations": iterations,
+                                       "batch_size": batch_size, "lr": lr, "lam": lam,
+                                       "seed": seed, "preset": preset}.items()
+                     if v is not None})
+    raw.update(model=model, training=training)
+    if data is not None:
+        raw["data"] = data
+    if out_dir is not None:
+        raw["output"] = out_dir
+    try:
+        params = TrainParams.model_validate(raw)
+    except ValidationError as exc:
+        _fail(format_validation_error(exc))
+    try:
+        summary = train_flow(params)
+    except (PrnfError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    out.print(f"model: {summary['model_dir']}")
+    out.print(f"summary: {summary['model_dir']}/summary.json")
+    out.print(f"best val_nll {summary['best_val_nll']:.4f} (epoch {summary['best_epoch']}), "
+              f"val reversibility {summary['final'].get('val_rev', 0.0):.2e}, "
+              f"{summary['epochs_run']} epochs in {summary['seconds']:.1f} s")
+
+
+@app.command()
 def info(store: Annotated[Path, typer.Argument(help="Dataset store path.")]) -> None:
     """Show a dataset's id, configuration and completion."""
     from prnf_core.dataset import open_dataset

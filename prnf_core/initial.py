@@ -18,20 +18,39 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-from scipy import special, stats
+from scipy import linalg, special, stats
 
 from prnf_core.errors import ConfigError
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def _floats(value: Any) -> list[float]:
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, list):
+        return [f for v in value for f in _floats(v)]
+    return []
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _may_be_infinite: ClassVar[tuple[str, ...]] = ()  # fields where ±inf is meaningful
+
+    @model_validator(mode="after")
+    def _check_finite(self) -> _Spec:
+        for name, value in self:
+            floats = _floats(value)
+            if any(math.isnan(v) for v in floats) or (
+                name not in self._may_be_infinite and any(math.isinf(v) for v in floats)
+            ):
+                raise ValueError(f"{name} must be finite (no NaN/inf), got {value}")
+        return self
 
     @property
     def dim(self) -> int:  # pragma: no cover - every subclass overrides
@@ -126,8 +145,13 @@ class Gaussian(_Spec):
         return np.asarray(self.mean) + rng.standard_normal((n, self.dim)) @ chol.T
 
     def logpdf(self, x: np.ndarray) -> np.ndarray:
+        # Cholesky, not scipy's multivariate_normal: that one declares a valid covariance
+        # singular once its eigenvalues span more than ~1e9 (e.g. std=[263, 0.004]).
         x = self._check_x(x)
-        return stats.multivariate_normal(self.mean, self.covariance()).logpdf(x).reshape(-1)
+        chol = np.linalg.cholesky(self.covariance())
+        z = linalg.solve_triangular(chol, (x - np.asarray(self.mean)).T, lower=True)
+        log_det = 2.0 * np.log(np.diag(chol)).sum()
+        return -0.5 * (z**2).sum(axis=0) - 0.5 * log_det - 0.5 * self.dim * _LOG_2PI
 
 
 class TruncatedGaussian(_Spec):
@@ -137,6 +161,7 @@ class TruncatedGaussian(_Spec):
     """
 
     kind: Literal["truncated_gaussian"] = "truncated_gaussian"
+    _may_be_infinite: ClassVar[tuple[str, ...]] = ("low", "high")  # one-sided truncation
     mu: list[float] = Field(description="Centre per coordinate.")
     s: list[float] = Field(description="Width s per coordinate (density exp(-(x-mu)^2/s^2)).")
     low: list[float] = Field(description="Lower truncation bound per coordinate.")

@@ -1,0 +1,275 @@
+r"""The interface every conditional surrogate of :math:`p(X_T \mid X_0 = x_0)` implements.
+
+A :class:`ConditionalSampler` works in physical units: it holds the z-scoring statistics of
+:math:`x_0` (and of an optional extra condition vector ``c``) and of :math:`y = X_T`, fitted on
+the training split and saved with the weights. Subclasses implement two maps in normalized units:
+
+* ``_log_prob_normalized(yn, ctx) -> (n,)`` the log-density of ``yn`` given the context;
+* ``_sample_normalized(ctx, generator) -> (n, d)``.
+
+Physical log-density: :math:`\log q(y\mid x_0) = \log q_n(\hat y \mid \hat x_0) - \sum_i \log s_i`
+with :math:`\hat y = (y - m)/s` (change of variables of the affine normalization).
+
+Density of :math:`X_T` under an initial law :math:`p_0`:
+:math:`p_T(y) = \mathbb{E}_{x_0\sim p_0}[q(y\mid x_0)] \approx \frac1K\sum_k q(y\mid x_0^{(k)})`
+(:meth:`ConditionalSampler.mixture_log_prob`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from prnf_core.errors import ConfigError
+
+Architecture = Literal["prnf", "nsf"]
+Activation = Literal["tanh", "silu", "softplus", "gelu", "elu"]
+ArrayLike = np.ndarray | torch.Tensor
+
+
+class ModelConfig(BaseModel):
+    """Architecture and size of a surrogate. ``preset="paper"`` = 2 hidden layers of 512, tanh."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    architecture: Architecture = Field("prnf", description="prnf (default) or nsf (zuko baseline).")
+    dim: int | None = Field(
+        None, ge=1, description="State dimension d of x0 and X_T (default: the dataset's)."
+    )
+    cond_dim: int = Field(0, ge=0, description="Extra condition features (time, SDE parameters).")
+    hidden_width: int = Field(128, ge=1, description="Width of each hidden layer.")
+    hidden_layers: int = Field(2, ge=1, description="Number of hidden layers per network.")
+    activation: Activation = Field("tanh", description="Hidden activation (prnf).")
+    transforms: int = Field(3, ge=1, description="Coupling transforms (nsf).")
+    bins: int = Field(8, ge=2, description="Spline bins (nsf).")
+    preset: Literal["paper"] | None = Field(
+        None, description="'paper': width 512, 2 hidden layers, tanh (overrides those fields)."
+    )
+
+    @model_validator(mode="after")
+    def _apply_preset(self) -> ModelConfig:
+        if self.preset == "paper":
+            self.hidden_width, self.hidden_layers, self.activation = 512, 2, "tanh"
+        return self
+
+
+def to_tensor(x: ArrayLike, name: str, dim: int | None, device: torch.device,
+              dtype: torch.dtype) -> torch.Tensor:
+    """Validate a ``(n, dim)`` real, finite input and move it to the model's device and dtype."""
+    if isinstance(x, np.ndarray):
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise ConfigError(f"{name}: must be a real array, got dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        raise ConfigError(f"{name}: must be a numpy array or torch tensor, got {type(x).__name__}")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise ConfigError(f"{name}: must be real-valued, got dtype {x.dtype}")
+    if x.ndim == 1 and dim is not None:
+        x = x.reshape(-1, dim) if dim == 1 else x.reshape(1, -1)
+    if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
+        want = f"(n, {dim})" if dim is not None else "(n, k)"
+        raise ConfigError(f"{name}: must have shape {want}, got {tuple(x.shape)}")
+    x = x.to(device=device, dtype=dtype)
+    if not torch.isfinite(x).all():
+        raise ConfigError(f"{name}: contains NaN or inf")
+    return x
+
+
+class ConditionalSampler(nn.Module):
+    """Base class: normalization, validation, save/load and the physical-unit API."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, k = config.dim, config.cond_dim
+        self.register_buffer("x0_mean", torch.zeros(d))
+        self.register_buffer("x0_std", torch.ones(d))
+        self.register_buffer("y_mean", torch.zeros(d))
+        self.register_buffer("y_std", torch.ones(d))
+        self.register_buffer("c_mean", torch.zeros(k))
+        self.register_buffer("c_std", torch.ones(k))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    # -- subclass hooks -----------------------------------------------------------------------
+    def _log_prob_normalized(self, yn: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _sample_normalized(self, ctx: torch.Tensor,
+                           generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_loss(self, yn: torch.Tensor, ctx: torch.Tensor,
+                      lam: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Minibatch loss in normalized units and its parts (``nll`` and ``rev``)."""
+        nll = -self._log_prob_normalized(yn, ctx).mean()
+        return nll, {"nll": nll, "rev": torch.zeros((), device=yn.device)}
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.x0_mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x0_mean.dtype
+
+    # -- normalization ------------------------------------------------------------------------
+    @torch.no_grad()
+    def fit_normalization(self, x0: ArrayLike, y: ArrayLike, cond: ArrayLike | None = None) -> None:
+        """Set the z-scoring statistics from training data (physical units)."""
+        x0, y, cond = self._inputs(x0, y, cond, allow_unfitted=True)
+        for name, data in (("x0", x0), ("y", y), ("c", cond)):
+            if data is None or data.shape[1] == 0:
+                continue
+            std = data.std(dim=0)
+            getattr(self, f"{name}_mean").copy_(data.mean(dim=0))
+            # A constant column (e.g. a point-mass x0) is left unscaled, not divided by zero.
+            getattr(self, f"{name}_std").copy_(torch.where(std > 0, std, torch.ones_like(std)))
+        self.fitted.fill_(True)
+
+    def normalize(self, x0: torch.Tensor, y: torch.Tensor | None,
+                  cond: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        ctx = (x0 - self.x0_mean) / self.x0_std
+        if self.config.cond_dim:
+            ctx = torch.cat([ctx, (cond - self.c_mean) / self.c_std], dim=1)
+        yn = None if y is None else (y - self.y_mean) / self.y_std
+        return yn, ctx
+
+    def _inputs(self, x0: ArrayLike, y: ArrayLike | None, cond: ArrayLike | None,
+                allow_unfitted: bool = False):
+        if not allow_unfitted and not bool(self.fitted):
+            raise RuntimeError("model is not trained: call prnf_core.train.fit first")
+        x0_t = to_tensor(x0, "x0", self.dim, self.device, self.dtype)
+        y_t = None if y is None else to_tensor(y, "y", self.dim, self.device, self.dtype)
+        if y_t is not None and len(y_t) != len(x0_t):
+            raise ConfigError(f"y: needs one row per x0 row, got {len(y_t)} and {len(x0_t)}")
+        c_t = None
+        if self.config.cond_dim:
+            if cond is None:
+                raise ConfigError(
+                    f"cond: the model needs {self.config.cond_dim} condition features"
+                )
+            c_t = to_tensor(cond, "cond", self.config.cond_dim, self.device, self.dtype)
+            if len(c_t) == 1 and len(x0_t) > 1:
+                c_t = c_t.expand(len(x0_t), -1)
+            if len(c_t) != len(x0_t):
+                raise ConfigError(f"cond: needs 1 or {len(x0_t)} rows, got {len(c_t)}")
+        elif cond is not None:
+            raise ConfigError("cond: this model takes no condition features (cond_dim=0)")
+        return x0_t, y_t, c_t
+
+    # -- public API (physical units) ----------------------------------------------------------
+    def log_prob(self, y: ArrayLike, x0: ArrayLike, cond: ArrayLike | None = None) -> torch.Tensor:
+        r"""Exact :math:`\log q(y \mid x_0)` row by row, shape ``(n,)``."""
+        x0_t, y_t, c_t = self._inputs(x0, y, cond)
+        yn, ctx = self.normalize(x0_t, y_t, c_t)
+        return self._log_prob_normalized(yn, ctx) - torch.log(self.y_std).sum()
+
+    def sample(self, x0: ArrayLike, cond: ArrayLike | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """One :math:`X_T` per row of ``x0``, shape ``(n, d)``."""
+        x0_t, _, c_t = self._inputs(x0, None, cond)
+        _, ctx = self.normalize(x0_t, None, c_t)
+        return self._sample_normalized(ctx, generator) * self.y_std + self.y_mean
+
+    def sample_initial(self, spec: Any, n: int, seed: int = 0,
+                       cond: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n`` x0 from an initial-distribution spec and push them through: (x0, X_T)."""
+        from prnf_core.initial import parse_initial
+
+        spec = parse_initial(spec)
+        if spec.dim != self.dim:
+            raise ConfigError(f"initial: spec has dimension {spec.dim}, model has {self.dim}")
+        x0_seq, z_seq = np.random.SeedSequence(seed).spawn(2)
+        x0 = spec.sample(n, np.random.default_rng(x0_seq))
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(z_seq.generate_state(1, np.uint64)[0]) & (2**63 - 1))
+        with torch.no_grad():
+            y = self.sample(x0, cond, generator=gen)
+        return x0, y.cpu().numpy()
+
+    def mixture_log_prob(self, y: ArrayLike, x0_samples: ArrayLike,
+                         cond: ArrayLike | None = None, block: int = 2**20) -> torch.Tensor:
+        r""":math:`\log \frac1K \sum_k q(y \mid x_0^{(k)})` for every row of ``y``: shape ``(n,)``.
+
+        Evaluated in blocks of at most ``block`` (y, x0) pairs to bound memory.
+        """
+        x0_t, _, c_t = self._inputs(x0_samples, None, cond)
+        y_t = to_tensor(y, "y", self.dim, self.device, self.dtype)
+        k = len(x0_t)
+        rows = max(1, block // k)
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(y_t), rows):
+                yb = y_t[start:start + rows]
+                yy = yb.repeat_interleave(k, dim=0)
+                xx = x0_t.repeat(len(yb), 1)
+                cc = None if c_t is None else c_t.repeat(len(yb), 1)
+                lp = self.log_prob(yy, xx, cc).reshape(len(yb), k)
+                out.append(torch.logsumexp(lp, dim=1) - math.log(k))
+        return torch.cat(out)
+
+    def reversibility_error(self, y: ArrayLike, x0: ArrayLike,
+                            cond: ArrayLike | None = None) -> torch.Tensor:
+        r"""Per-row :math:`\|g(x_0, f(x_0, y)) - y\|^2` in normalized units (0 for exact flows)."""
+        x0_t, y_t, _ = self._inputs(x0, y, cond)
+        return torch.zeros(len(y_t), device=self.device, dtype=self.dtype)
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``config.json`` and ``weights.pt`` (a plain state dict) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        tmp = directory / "weights.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(directory / "weights.pt")
+        meta = {"model": self.config.model_dump(mode="json"), "format": 1, **(extra or {})}
+        (directory / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return directory
+
+
+def build_model(config: ModelConfig) -> ConditionalSampler:
+    """The surrogate for ``config.architecture``."""
+    if config.dim is None:
+        raise ConfigError("model.dim: the state dimension is required to build a model")
+    if config.architecture == "prnf":
+        from prnf_core.models.prnf import PRNF
+
+        return PRNF(config)
+    from prnf_core.models.nsf import NSF
+
+    return NSF(config)
+
+
+def load_model(directory: str | Path, device: str | torch.device | None = None
+               ) -> ConditionalSampler:
+    """Load a model saved by :meth:`ConditionalSampler.save` (weights with ``weights_only``)."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file() or not (directory / "weights.pt").is_file():
+        raise FileNotFoundError(f"no saved model (config.json + weights.pt) in {directory}")
+    meta = json.loads((directory / "config.json").read_text())
+    model = build_model(ModelConfig.model_validate(meta["model"]))
+    state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.to(device if device is not None else default_device())
+    return model.eval()
+
+
+def load_metadata(directory: str | Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / "config.json").read_text())
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
