@@ -223,7 +223,7 @@ class ConditionalSampler(nn.Module):
     def reversibility_error(self, y: ArrayLike, x0: ArrayLike,
                             cond: ArrayLike | None = None) -> torch.Tensor:
         r"""Per-row :math:`\|g(x_0, f(x_0, y)) - y\|^2` in normalized units (0 for exact flows)."""
-        x0_t, y_t, _ = self._inputs(x0, y, cond)
+        _, y_t, _ = self._inputs(x0, y, cond)
         return torch.zeros(len(y_t), device=self.device, dtype=self.dtype)
 
     # -- persistence --------------------------------------------------------------------------

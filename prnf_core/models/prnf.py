@@ -29,6 +29,7 @@ torch.Size([3])
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -51,9 +52,9 @@ def _activation(name: str):
     if name == "softplus":
         return nn.functional.softplus, lambda u, a: torch.sigmoid(u)
     if name == "gelu":
-        def dgelu(u, a):
-            return 0.5 * (1 + torch.erf(u / math.sqrt(2))) + u * torch.exp(-0.5 * u * u) / math.sqrt(
-                2 * math.pi)
+        def dgelu(u, a):  # Φ(u) + u φ(u)
+            phi = torch.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+            return 0.5 * (1 + torch.erf(u / math.sqrt(2))) + u * phi
         return nn.functional.gelu, dgelu
     if name == "elu":
         return nn.functional.elu, lambda u, a: torch.where(u > 0, torch.ones_like(u), a + 1)
@@ -70,8 +71,7 @@ class JacobianMLP(nn.Module):
                  tangent_dim: int) -> None:
         super().__init__()
         sizes = [in_dim] + [width] * layers + [out_dim]
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:],
-                                                                      strict=True))
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.act, self.dact = _activation(activation)
         self.tangent_dim = tangent_dim
 
