@@ -82,6 +82,8 @@ class Boundary:
             x.clamp_(min=lo, max=hi)
         elif self.kind == "periodic":
             x.sub_(lo).remainder_(hi - lo).add_(lo)
+            # Rounding can land on hi itself (e.g. lo - 1e-20 -> hi): that point is lo.
+            x.masked_fill_(x >= hi, lo)
         elif lo is not None and hi is not None:
             # Reflection on an interval is a triangle wave of period 2L: fold into [0, 2L),
             # then mirror the upper half. Exact for any overshoot, not only one bounce.

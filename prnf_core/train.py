@@ -236,7 +236,7 @@ def fit(
                 loss, parts = model.training_loss(yn, ctx, config.lam)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(
-                        f"loss is {float(loss)} at epoch {epoch}, step {result.steps}; "
+                        f"loss is {float(loss.detach())} at epoch {epoch}, step {result.steps}; "
                         f"last good checkpoint: {ckpt if ckpt and ckpt.exists() else 'none'}. "
                         "Lower lr, raise batch_size or enable grad_clip."
                     )

@@ -30,7 +30,7 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
             f"model.dim: {model.dim} does not match the dataset's dimension {dataset.dim}"
         )
     model = model.model_copy(update={"dim": dataset.dim})
-    net = build_model(model)
+    net = build_model(model, seed=training.seed)
     reporter = Reporter("train", key=None)
     epochs_total = training.epochs or 1
 

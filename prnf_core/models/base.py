@@ -49,6 +49,7 @@ class ModelConfig(BaseModel):
     activation: Activation = Field("tanh", description="Hidden activation (prnf).")
     transforms: int = Field(3, ge=1, description="Coupling transforms (nsf).")
     bins: int = Field(8, ge=2, description="Spline bins (nsf).")
+    dtype: Literal["float32", "float64"] = Field("float32", description="Parameter precision.")
     preset: Literal["paper"] | None = Field(
         None, description="'paper': width 512, 2 hidden layers, tanh (overrides those fields)."
     )
@@ -240,17 +241,19 @@ class ConditionalSampler(nn.Module):
         return directory
 
 
-def build_model(config: ModelConfig) -> ConditionalSampler:
-    """The surrogate for ``config.architecture``."""
+def build_model(config: ModelConfig, seed: int | None = None) -> ConditionalSampler:
+    """The surrogate for ``config.architecture``; ``seed`` fixes the initial weights."""
     if config.dim is None:
         raise ConfigError("model.dim: the state dimension is required to build a model")
     if config.architecture == "prnf":
-        from prnf_core.models.prnf import PRNF
-
-        return PRNF(config)
-    from prnf_core.models.nsf import NSF
-
-    return NSF(config)
+        from prnf_core.models.prnf import PRNF as model_class
+    else:
+        from prnf_core.models.nsf import NSF as model_class
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return model_class(config).to(dtype)
 
 
 def load_model(directory: str | Path, device: str | torch.device | None = None

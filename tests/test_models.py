@@ -1,0 +1,185 @@
+"""The model contract every surrogate architecture passes (zuko-style, parametrized)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from prnf_core.errors import ConfigError
+from prnf_core.models import ModelConfig, build_model, load_model
+
+ARCHS = ["prnf", "nsf"]
+DIMS = [1, 2, 3]
+
+
+def make(arch: str, dim: int, cond_dim: int = 0, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(architecture=arch, dim=dim, cond_dim=cond_dim,
+                                    hidden_width=24, transforms=2, dtype="float64"))
+    rng = np.random.default_rng(seed)
+    cond = rng.normal(size=(64, cond_dim)) if cond_dim else None
+    model.fit_normalization(rng.normal(1.0, 2.0, (64, dim)), rng.normal(-1.0, 0.5, (64, dim)),
+                            cond)
+    return model.eval()
+
+
+def inputs(dim: int, n: int = 7, seed: int = 1, cond_dim: int = 0):
+    rng = np.random.default_rng(seed)
+    cond = rng.normal(size=(n, cond_dim)) if cond_dim else None
+    return rng.normal(1.0, 2.0, (n, dim)), rng.normal(-1.0, 0.5, (n, dim)), cond
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("cond_dim", [0, 2])
+def test_shapes(arch, dim, cond_dim):
+    model = make(arch, dim, cond_dim)
+    x0, y, cond = inputs(dim, cond_dim=cond_dim)
+    assert model.log_prob(y, x0, cond).shape == (7,)
+    assert model.sample(x0, cond).shape == (7, dim)
+    assert model.reversibility_error(y, x0, cond).shape == (7,)
+    assert model.mixture_log_prob(y[:3], x0, cond[:1] if cond is not None else None).shape == (3,)
+    x0s, ys = model.sample_initial({"kind": "gaussian", "mean": [0.0] * dim, "std": [1.0] * dim},
+                                   5, cond=cond[:1] if cond is not None else None)
+    assert x0s.shape == ys.shape == (5, dim)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dim", DIMS)
+def test_gradients_reach_every_parameter(arch, dim):
+    model = make(arch, dim).train()
+    x0, y, _ = inputs(dim, n=32)
+    yn, ctx = model.normalize(torch.as_tensor(x0), torch.as_tensor(y), None)
+    loss, parts = model.training_loss(yn, ctx, lam=100.0)
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, f"no gradient for {name}"
+        assert torch.isfinite(param.grad).all(), name
+    assert any(float(p.grad.abs().sum()) > 0 for p in model.parameters())
+    assert set(parts) == {"nll", "rev"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dim", DIMS)
+def test_log_prob_matches_autograd_jacobian_slogdet(arch, dim):
+    """log q(y|x0) = log N(f(y)) + log|det ∂f/∂y| with the Jacobian from autograd (physical y)."""
+    model = make(arch, dim)
+    x0, y, _ = inputs(dim)
+    got = model.log_prob(y, x0).detach().numpy()
+    x0_t, y_t = torch.as_tensor(x0), torch.as_tensor(y)
+    for i in range(len(y)):
+        def f(v, i=i):
+            yn, ctx = model.normalize(x0_t[i:i + 1], v[None], None)
+            return model.forward_map(yn, ctx)[0]
+
+        jac = torch.autograd.functional.jacobian(f, y_t[i])
+        z = f(y_t[i])
+        want = (-0.5 * (z * z).sum() - 0.5 * dim * np.log(2 * np.pi)
+                + torch.linalg.slogdet(jac)[1])
+        np.testing.assert_allclose(got[i], float(want.detach()), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_load_round_trip(arch, tmp_path):
+    model = make(arch, 2, cond_dim=1)
+    x0, y, cond = inputs(2, cond_dim=1)
+    model.save(tmp_path / "m", extra={"note": "x"})
+    loaded = load_model(tmp_path / "m", device="cpu")
+    assert loaded.config == model.config
+    assert not loaded.training
+    torch.testing.assert_close(loaded.log_prob(y, x0, cond), model.log_prob(y, x0, cond),
+                               rtol=0, atol=0)
+    a = model.sample(x0, cond, generator=torch.Generator().manual_seed(3))
+    b = loaded.sample(x0, cond, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_eval_mode_is_deterministic(arch):
+    model = make(arch, 3)
+    x0, y, _ = inputs(3)
+    torch.testing.assert_close(model.log_prob(y, x0), model.log_prob(y, x0), rtol=0, atol=0)
+    s1 = model.sample(x0, generator=torch.Generator().manual_seed(9))
+    s2 = model.sample(x0, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(s1, s2, rtol=0, atol=0)
+    assert not torch.equal(s1, model.sample(x0, generator=torch.Generator().manual_seed(10)))
+
+
+def test_mixture_log_prob_is_log_mean_of_densities():
+    model = make("prnf", 2)
+    x0, y, _ = inputs(2, n=5)
+    got = model.mixture_log_prob(y[:2], x0, block=3)  # small block: exercises the blocking
+    dens = torch.stack([model.log_prob(np.repeat(y[i:i + 1], 5, 0), x0) for i in range(2)])
+    want = torch.logsumexp(dens, dim=1) - np.log(5)
+    torch.testing.assert_close(got, want)
+
+
+def test_prnf_reversibility_error_is_the_round_trip():
+    model = make("prnf", 2)
+    x0, y, _ = inputs(2)
+    yn, ctx = model.normalize(torch.as_tensor(x0), torch.as_tensor(y), None)
+    with torch.no_grad():
+        want = ((model.inverse_map(model.forward_map(yn, ctx), ctx) - yn) ** 2).sum(1)
+    torch.testing.assert_close(model.reversibility_error(y, x0), want)
+    assert float(want.mean()) > 0  # an untrained PRNF is not reversible
+
+
+def test_nsf_is_exactly_invertible():
+    model = make("nsf", 3)
+    x0, _, _ = inputs(3)
+    gen = torch.Generator().manual_seed(0)
+    y = model.sample(x0, generator=gen)
+    yn, ctx = model.normalize(torch.as_tensor(x0), y, None)
+    z = model.forward_map(yn, ctx)
+    gen = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(z, torch.randn(7, 3, generator=gen, dtype=torch.float64),
+                               atol=1e-6, rtol=1e-6)
+
+
+def test_paper_preset():
+    cfg = ModelConfig(dim=3, preset="paper", hidden_width=7)
+    assert (cfg.hidden_width, cfg.hidden_layers, cfg.activation) == (512, 2, "tanh")
+
+
+@pytest.mark.parametrize("activation", ["tanh", "silu", "softplus", "gelu", "elu"])
+def test_every_activation_has_an_exact_jacobian(activation):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=2, hidden_width=8, hidden_layers=3,
+                                    activation=activation, dtype="float64"))
+    inp = torch.randn(4, 4, dtype=torch.float64)  # [x0 (2), y (2)]
+    _, jac = model.forward_net.forward_with_jacobian(inp)
+    for i in range(4):
+        def f(v, i=i):
+            return model.forward_net(torch.cat([inp[i, :2], v])[None])[0]
+
+        torch.testing.assert_close(jac[i], torch.autograd.functional.jacobian(f, inp[i, 2:]))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bad_inputs_are_refused_with_the_field_named(arch):
+    model = make(arch, 2)
+    x0, y, _ = inputs(2)
+    with pytest.raises(ConfigError, match=r"x0: must have shape \(n, 2\), got \(7, 3\)"):
+        model.log_prob(y, np.zeros((7, 3)))
+    with pytest.raises(ConfigError, match=r"y: must have shape"):
+        model.log_prob(np.zeros((7, 2, 1)), x0)
+    with pytest.raises(ConfigError, match="y: needs one row per x0 row"):
+        model.log_prob(y[:3], x0)
+    bad = x0.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ConfigError, match="x0: contains NaN or inf"):
+        model.sample(bad)
+    with pytest.raises(ConfigError, match="real"):
+        model.sample(x0.astype(complex))
+    with pytest.raises(ConfigError, match="real"):
+        model.sample(np.array([["a", "b"]]))
+    with pytest.raises(ConfigError, match="cond: this model takes no condition"):
+        model.sample(x0, cond=np.zeros((7, 1)))
+    with pytest.raises(ConfigError, match="initial: spec has dimension 1, model has 2"):
+        model.sample_initial({"kind": "point_mass", "point": [0.0]}, 3)
+    untrained = build_model(ModelConfig(architecture=arch, dim=2))
+    with pytest.raises(RuntimeError, match="not trained"):
+        untrained.sample(x0)
+    with pytest.raises(ConfigError, match="model.dim"):
+        build_model(ModelConfig(architecture=arch))
