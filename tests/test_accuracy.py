@@ -81,4 +81,4 @@ def test_kl_of_the_exact_law_is_zero_within_its_error():
     exact = Exact(ModelConfig(dim=2))
     exact.fitted.fill_(True)
     est = exact_kl(sde, exact, initial_laws(2)["bimodal"], n_y=1000, n_x0=1000, seed=3)
-    assert abs(est.kl) < 1e-12 and est.stderr < 1e-12
+    assert abs(est.kl) < 1e-8 and est.stderr < 1e-8  # rounding only
