@@ -105,3 +105,46 @@ def test_cli_info(prefect_harness, tmp_path):
     result = runner.invoke(app, ["info", out])
     assert result.exit_code == 0 and "complete: True" in result.output
     assert runner.invoke(app, ["info", str(tmp_path / "missing.zarr")]).exit_code == 2
+
+
+def test_cli_train_writes_model_and_summary(prefect_harness, tmp_path):
+    data = str(tmp_path / "bm.zarr")
+    assert runner.invoke(app, ["simulate", "--problem", "bm1d", "-n", "1000", "--chunk-size",
+                               "500", "--workers", "0", "--out", data]).exit_code == 0
+    out = tmp_path / "model"
+    result = runner.invoke(app, ["train", "--data", data, "--epochs", "2", "--width", "16",
+                                 "--batch-size", "200", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["problem"] == "bm1d"
+    assert summary["steps"] == 2 * 4  # 800 training pairs / 200 per step, every batch steps
+    from prnf_core.models import load_metadata, load_model
+
+    model = load_model(out, device="cpu")
+    assert model.sample(np.zeros((3, 1))).shape == (3, 1)
+    assert load_metadata(out)["dataset_id"] == summary["dataset_id"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "training.epochs"),
+        (["--architecture", "maf"], "model.architecture"),
+        (["--lr", "-1"], "training.lr"),
+        (["--preset", "huge"], "preset"),
+    ],
+)
+def test_cli_train_bad_input(args, message, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "none.zarr"), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_cli_train_refuses_missing_or_incomplete_data(prefect_harness, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "none.zarr")])
+    assert result.exit_code == 2 and "no dataset at" in result.output
+    from prnf_core import create_dataset
+
+    create_dataset(DatasetConfig(problem="bm1d", n_particles=10, chunk_size=5),
+                   tmp_path / "half.zarr")
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "half.zarr")])
+    assert result.exit_code == 2 and "incomplete" in result.output
