@@ -3,8 +3,10 @@ r"""Accuracy metrics of a surrogate against exact or simulated references.
 Exact KL for problems with an exact transition density (``bm1d``, ``ou``):
 
 .. math::
-    \mathrm{KL}(p_T \,\|\, q_T) = \mathbb{E}_{y\sim p_T}\big[\log p_T(y) - \log q_T(y)\big],\quad
-    p_T(y) = \mathbb{E}_{x_0\sim p_0}\,p(y\mid x_0),\quad q_T(y) = \mathbb{E}_{x_0\sim p_0}\,q(y\mid x_0)
+    \mathrm{KL}(p_T \,\|\, q_T) = \mathbb{E}_{y\sim p_T}\big[\log p_T(y) - \log q_T(y)\big],
+
+    p_T(y) = \mathbb{E}_{x_0\sim p_0}\,p(y\mid x_0),\quad
+    q_T(y) = \mathbb{E}_{x_0\sim p_0}\,q(y\mid x_0)
 
 estimated with ``n_y`` exact draws :math:`y \sim p_T` and one shared set of ``n_x0`` draws of
 :math:`x_0` for both mixtures (their Monte Carlo errors largely cancel). The standard error

@@ -181,5 +181,5 @@ def test_bad_inputs_are_refused_with_the_field_named(arch):
     untrained = build_model(ModelConfig(architecture=arch, dim=2))
     with pytest.raises(RuntimeError, match="not trained"):
         untrained.sample(x0)
-    with pytest.raises(ConfigError, match="model.dim"):
+    with pytest.raises(ConfigError, match=r"model\.dim"):
         build_model(ModelConfig(architecture=arch))

@@ -117,7 +117,7 @@ def test_trains_from_a_dataset_store_and_refuses_a_dimension_mismatch(tmp_path):
 
 def test_bad_training_input():
     x0, y = pairs()
-    with pytest.raises(ConfigError, match="data.xT: contains NaN"):
+    with pytest.raises(ConfigError, match=r"data\.xT: contains NaN"):
         fit(fresh(), (x0, np.where(y > 0.9, np.nan, y)), quick())
     with pytest.raises(ConfigError, match="x0 has 1000 rows but xT has 999"):
         fit(fresh(), (x0, y[:-1]), quick())
