@@ -13,8 +13,11 @@ and returns an :class:`~prnf_core.sde.SDE`.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from prnf_core.errors import ConfigError
 from prnf_core.problems.abc3d import abc3d
@@ -64,6 +67,43 @@ def get_problem(name: str, **params: Any) -> SDE:
         raise ConfigError(f"problem_params: invalid parameters for {name!r}: {exc}") from exc
 
 
+def default_test_laws(name: str, params: dict[str, Any] | None = None
+                      ) -> dict[str, dict[str, Any]]:
+    """Named initial distributions a surrogate of problem ``name`` is validated on by default.
+
+    The paper's where it has them (abc3d: the truncated Gaussian of experiment 3; runaway2d:
+    Maxwellians); for bm1d the four laws of the verification experiment; otherwise a Gaussian
+    and a bimodal mixture inside the training domain.
+    """
+    sde = get_problem(name, **(params or {}))
+    pi = math.pi
+    if name == "bm1d":
+        return {
+            "gaussian": {"kind": "gaussian", "mean": [0.0], "std": [0.5]},
+            "uniform": {"kind": "uniform", "low": [-1.0], "high": [1.0]},
+            "bimodal": {"kind": "gaussian_mixture", "weights": [0.5, 0.5],
+                        "means": [[-1.0], [1.0]], "stds": [[0.3], [0.3]]},
+            "skewed": {"kind": "truncated_gaussian", "mu": [-0.5], "s": [1.0],
+                       "low": [-0.5], "high": [2.0]},
+        }
+    if name == "abc3d":
+        return {"paper_truncated_gaussian": {
+            "kind": "truncated_gaussian", "mu": [3 * pi / 2, pi, pi], "s": [pi / 3, pi / 5, pi / 4],
+            "low": [0.0] * 3, "high": [2 * pi] * 3}}
+    if name == "runaway2d":
+        return {f"maxwellian_T{t}": {"kind": "maxwellian", "temperature": float(t)}
+                for t in (3, 6, 10)}
+    low, high = (np.asarray(v) for v in sde.domain)
+    centre, width = (low + high) / 2, (high - low)
+    return {
+        "gaussian": {"kind": "gaussian", "mean": (centre + 0.075 * width).tolist(),
+                     "std": (0.1 * width).tolist()},
+        "bimodal": {"kind": "gaussian_mixture", "weights": [0.5, 0.5],
+                    "means": [(centre - 0.25 * width).tolist(), (centre + 0.25 * width).tolist()],
+                    "stds": [(0.075 * width).tolist()] * 2},
+    }
+
+
 def _factory(name: str) -> ProblemFactory:
     try:
         return _REGISTRY[name]
@@ -76,4 +116,10 @@ def _factory(name: str) -> ProblemFactory:
 for _factory_fn in (bm1d, ou, abc3d, runaway2d):
     register_problem(_factory_fn.__name__, _factory_fn)
 
-__all__ = ["get_problem", "list_problems", "problem_parameters", "register_problem"]
+__all__ = [
+    "default_test_laws",
+    "get_problem",
+    "list_problems",
+    "problem_parameters",
+    "register_problem",
+]

@@ -1,0 +1,87 @@
+"""The trained surrogate as an ``mlflow.pyfunc`` model.
+
+``predict(x0 rows)`` returns one X_T per row; ``params={"seed": s}`` makes it reproducible. The
+log-density is reachable from the loaded model:
+``mlflow.pyfunc.load_model(uri).unwrap_python_model().log_prob(y, x0)``.
+
+Loading a pyfunc model runs Python code stored with it (here: this class, by reference to the
+installed ``tasks`` package): load models only from registries you trust.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.models import infer_signature
+
+PIP_REQUIREMENTS = [
+    "torch>=2.4,<2.15", "numpy>=1.26", "scipy>=1.11", "pydantic>=2.7,<3", "zuko>=1.2",
+    "zarr>=3.1,<4", "pyyaml>=6",
+]
+
+
+class SurrogatePyfunc(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper around a saved :class:`~prnf_core.models.base.ConditionalSampler`."""
+
+    def load_context(self, context: Any) -> None:
+        from prnf_core.models import load_metadata, load_model
+
+        self.model = load_model(context.artifacts["model"])
+        self.metadata = load_metadata(context.artifacts["model"])
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None
+                ) -> np.ndarray:
+        import torch
+
+        x0 = np.asarray(model_input, dtype=np.float64)
+        seed = int((params or {}).get("seed", 0))
+        gen = torch.Generator(device=self.model.device).manual_seed(seed)
+        with torch.no_grad():
+            return self.model.sample(x0, generator=gen).cpu().numpy()
+
+    def log_prob(self, y: np.ndarray, x0: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.model.log_prob(np.asarray(y), np.asarray(x0)).cpu().numpy()
+
+    def sample_initial(self, spec: Any, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.sample_initial(spec, n, seed=seed)
+
+
+def log_surrogate(model_dir: str | Path, run_id: str, example_x0: np.ndarray) -> str:
+    """Log the model directory as a pyfunc model under ``run_id``; return its model URI."""
+    from prnf_core.models import load_model
+
+    model = load_model(model_dir, device="cpu")
+    import torch
+
+    with torch.no_grad():
+        example_out = model.sample(example_x0, generator=torch.Generator().manual_seed(0))
+    signature = infer_signature(example_x0.astype(np.float64), example_out.numpy(),
+                                params={"seed": 0})
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=SurrogatePyfunc(),
+            artifacts={"model": str(model_dir)},
+            pip_requirements=PIP_REQUIREMENTS,
+            signature=signature,
+            input_example=example_x0.astype(np.float64),
+        )
+    return info.model_uri
+
+
+def load_surrogate(uri: str) -> SurrogatePyfunc:
+    """Load a model URI (``models:/NAME@champion``, ``runs:/...``) or a local model directory."""
+    path = Path(uri)
+    if path.is_dir() and (path / "weights.pt").is_file():
+        from prnf_core.models import load_metadata, load_model
+
+        wrapper = SurrogatePyfunc()
+        wrapper.model, wrapper.metadata = load_model(path), load_metadata(path)
+        return wrapper
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model()

@@ -1,0 +1,150 @@
+"""MLflow tracking: embedded sqlite store under the data root by default, a server by env.
+
+``MLFLOW_TRACKING_URI`` selects a server (``http://127.0.0.1:5000``); otherwise runs go to
+``sqlite:///<data root>/mlflow.db`` with artifacts under ``<data root>/mlartifacts`` (the plain
+``./mlruns`` file store is rejected by MLflow >= 3.13). One experiment per problem
+(``prnf-<problem>``); a pipeline run is a parent run with child runs for its steps.
+
+Runs are addressed by id through :class:`mlflow.MlflowClient`, not the fluent "active run",
+because Prefect runs tasks in worker threads where the fluent run stack is not shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from prnf_core.errors import PrnfError
+from prnf_core.paths import data_root
+
+# Bounded retries when the tracking server does not answer (seconds of back-off per try).
+_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+class TrackingUnavailableError(PrnfError):
+    """The MLflow tracking server could not be reached after bounded retries."""
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or the embedded sqlite store under the data root."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    root = data_root()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def configure() -> MlflowClient:
+    """Point MLflow at the tracking store and return a client."""
+    for key, value in _RETRY_ENV.items():
+        os.environ.setdefault(key, value)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(client: MlflowClient, problem: str) -> str:
+    """The experiment ``prnf-<problem>``, created with an artifact location under the data root
+    when tracking is embedded (a server picks its own artifact store)."""
+    name = f"prnf-{problem}"
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:"):
+        location = (data_root() / "mlartifacts" / problem).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another run
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def flatten(prefix: str, value: Any) -> dict[str, str]:
+    """Nested config -> ``{"a.b.c": "value"}`` (MLflow params are flat strings)."""
+    if isinstance(value, Mapping):
+        out: dict[str, str] = {}
+        for key, sub in value.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), sub))
+        return out
+    text = json.dumps(value) if isinstance(value, list | tuple | type(None)) else str(value)
+    return {prefix: text[:6000]}
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    flat = flatten("", params)
+    items = [Param(k, v) for k, v in flat.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100], synchronous=True)
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float],
+                step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    items = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()
+             if v is not None and v == v]  # NaN is not a metric worth storing
+    for start in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[start:start + 500], synchronous=True)
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()],
+                     synchronous=True)
+
+
+def start_run(client: MlflowClient, experiment: str, name: str,
+              parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
+    all_tags = {"prnf.step": name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    return client.create_run(experiment, run_name=name, tags=all_tags).info.run_id
+
+
+@contextlib.contextmanager
+def child_run(client: MlflowClient, experiment: str, name: str, parent_run_id: str | None,
+              tags: Mapping[str, Any] | None = None) -> Iterator[str]:
+    """A child run that ends FINISHED, or FAILED if the block raises."""
+    run_id = start_run(client, experiment, name, parent_run_id, tags)
+    try:
+        yield run_id
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def log_artifacts(client: MlflowClient, run_id: str, paths: list[str | Path],
+                  artifact_path: str | None = None) -> None:
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+def run_url(run_id: str, experiment: str) -> str:
+    """A link to the run: the server UI when tracking is remote, else the runs:/ URI."""
+    uri = tracking_uri()
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+    return f"runs:/{run_id}"
+
+
+def check_reachable(client: MlflowClient) -> None:
+    """Fail fast with a clear message when a remote tracking server does not answer."""
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {tracking_uri()} is unreachable after bounded retries: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
