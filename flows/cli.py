@@ -83,7 +83,7 @@ def _run_with_progress(run, *args: Any) -> Any:
     from tasks.progress import listening
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("chunks"), TimeElapsedColumn(), console=console) as bar:
+                  TimeElapsedColumn(), console=console) as bar:
         tasks_by_name: dict[str, Any] = {}
 
         def update(what: str, done: int, total: int) -> None:
@@ -222,6 +222,69 @@ def train(
 
 
 @app.command()
+def sample(
+    model: Annotated[str, typer.Option(
+        help="models:/NAME@champion, models:/NAME/VERSION, runs:/ID/model or a model directory."
+    )],
+    initial: Annotated[str, typer.Option(help="Initial distribution: JSON/YAML text or file.")],
+    n: Annotated[int, typer.Option("-n", help="Number of samples.")] = 10_000,
+    out_file: Annotated[Path, typer.Option("--out", help="Output .npy or .zarr.")] = Path(
+        "samples.npy"),
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Sample X_T for an initial distribution from a trained surrogate (no simulation)."""
+    from flows.sample import SampleParams, sample_flow
+
+    try:
+        params = SampleParams(model=model, initial=initial, n=n, out=str(out_file), seed=seed)
+    except ValidationError as exc:
+        _fail(format_validation_error(exc))
+    try:
+        result = sample_flow(params)
+    except (PrnfError, FileNotFoundError, OSError) as exc:
+        _fail(str(exc))
+    except Exception as exc:  # MLflow raises its own types for unknown models/aliases
+        _fail(f"model: cannot load {model!r}: {type(exc).__name__}: {str(exc)[:300]}")
+    out.print(f"wrote {result['n']} samples of X_T (d={result['dim']}) to {result['out']} "
+              f"in {result['seconds']:.2f} s")
+
+
+@app.command()
+def validate(
+    model: Annotated[str, typer.Option(help="models:/NAME@champion, runs:/... or a model dir.")],
+    n_samples: Annotated[int | None, typer.Option(help="Samples per law and MC set.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Dask workers (0: in-process).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file of validate parameters.")
+    ] = None,
+) -> None:
+    """Re-validate a registered or saved surrogate against fresh simulations."""
+    from flows.validate import ValidateParams, validate_flow
+
+    raw = _load_yaml(config)
+    raw["model"] = model
+    if n_samples is not None:
+        raw["validation"] = {**raw.get("validation", {}), "n_samples": n_samples}
+    if workers is not None:
+        raw["execution"] = {**raw.get("execution", {}), "workers": workers}
+    try:
+        params = ValidateParams.model_validate(raw)
+    except ValidationError as exc:
+        _fail(format_validation_error(exc))
+    try:
+        result = _run_with_progress(validate_flow, params)
+    except (PrnfError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    table = Table("metric", "value", title=f"validation of {model}")
+    for key, value in sorted(result["metrics"].items()):
+        if key.endswith(("kl", "energy_ratio", "sw_ratio", "c2st_acc", "_z")):
+            table.add_row(key, f"{value:.4g}")
+    out.print(table)
+    out.print(f"{'passed' if result['passed'] else 'FAILED'}: score ({result['score_name']}) "
+              f"{result['score']:.4g}; report and plots: {result['report_dir']}", highlight=False)
+
+
+@app.command()
 def info(store: Annotated[Path, typer.Argument(help="Dataset store path.")]) -> None:
     """Show a dataset's id, configuration and completion."""
     from prnf_core.dataset import open_dataset
@@ -240,14 +303,96 @@ def info(store: Annotated[Path, typer.Argument(help="Dataset store path.")]) -> 
     out.print(json.dumps(meta["resolved_config"], indent=2))
 
 
+def _start_pipeline(raw: dict[str, Any]) -> dict[str, Any]:
+    from flows.config import PipelineParams
+    from flows.pipeline import pipeline_flow
+
+    try:
+        params = PipelineParams.model_validate(raw)
+    except ValidationError as exc:
+        _fail(format_validation_error(exc))
+    try:
+        return _run_with_progress(pipeline_flow, params)
+    except PrnfError as exc:
+        _fail(str(exc))
+
+
+def _print_pipeline(result: dict[str, Any]) -> None:
+    table = Table("metric", "value", title=f"prnf pipeline: {result['problem']}")
+    for key, value in sorted(result["metrics"].items()):
+        table.add_row(key, f"{value:.4g}")
+    table.add_row(f"score ({result['score_name']})", f"{result['score']:.4g}")
+    out.print(table)
+    out.print(f"validation: {'passed' if result['passed'] else 'FAILED'}; "
+              f"registered {result['registered_model']} v{result['version']}: "
+              f"{result['decision']}", highlight=False)
+    out.print(f"champion: {result['champion_uri'] or 'none'}", highlight=False)
+    out.print(f"plots and report: {result['report_dir']}", highlight=False)
+    out.print(f"MLflow run {result['run_id']} ({result['tracking_uri']}); "
+              f"dataset {result['dataset_path']}; model {result['model_dir']}", highlight=False)
+
+
+@app.command()
+def pipeline(
+    problem: Annotated[str | None, typer.Option(help="Problem name.")] = None,
+    n_train: Annotated[int | None, typer.Option(help="Training trajectories.")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    architecture: Annotated[str | None, typer.Option(help="prnf or nsf.")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="Problem parameter KEY=VALUE (repeatable).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Dask workers (0: in-process).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file of pipeline parameters; options override it.")
+    ] = None,
+) -> None:
+    """Simulate -> train -> validate -> register/promote (MLflow + Prefect)."""
+    raw = _load_yaml(config)
+    raw.update({k: v for k, v in {"problem": problem, "n_train": n_train}.items()
+                if v is not None})
+    if param:
+        raw["problem_params"] = {**raw.get("problem_params", {}), **_parse_kv(param, "--param")}
+    if epochs is not None:
+        raw["training"] = {**_default_training(), **raw.get("training", {}), "epochs": epochs}
+    if architecture is not None:
+        raw["model"] = {**raw.get("model", {}), "architecture": architecture}
+    if workers is not None:
+        raw["execution"] = {**raw.get("execution", {}), "workers": workers}
+    _print_pipeline(_start_pipeline(raw))
+
+
+def _default_training() -> dict[str, Any]:
+    from flows.config import PipelineParams
+
+    return PipelineParams.model_fields["training"].default_factory().model_dump()
+
+
+@app.command()
+def register(
+    model_dir: Annotated[str, typer.Argument(help="Model directory written by `prnf train`.")],
+    workers: Annotated[int | None, typer.Option(help="Dask workers (0: in-process).")] = None,
+) -> None:
+    """Validate, register and (if better) promote a model trained earlier."""
+    from flows.register import RegisterParams, register_flow
+
+    raw: dict[str, Any] = {"model_dir": model_dir}
+    if workers is not None:
+        raw["execution"] = {"workers": workers}
+    try:
+        params = RegisterParams.model_validate(raw)
+    except ValidationError as exc:
+        _fail(format_validation_error(exc))
+    try:
+        result = _run_with_progress(register_flow, params)
+    except (PrnfError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    _print_pipeline(result)
+
+
 @app.command()
 def run() -> None:
-    """The main job on embedded defaults: simulate the default abc3d training set."""
-    result = _start_simulate({"dataset": {"problem": "abc3d", "n_particles": 40_000,
-                                          "chunk_size": 5_000}})
-    out.print(f"dataset {result['dataset_id']} at {result['path']}: "
-              f"{result['n_particles']} particles, complete={result['complete']}, "
-              f"{result['seconds']:.1f} s")
+    """The main job on embedded defaults: the whole pipeline on the 2-D OU problem."""
+    _print_pipeline(_start_pipeline({}))
 
 
 def main() -> None:  # pragma: no cover - entry point for `python -m flows.cli`

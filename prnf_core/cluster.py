@@ -97,7 +97,7 @@ def dask_client(execution: ExecutionConfig) -> Iterator[Any | None]:
             n_workers=execution.resolved_workers(),
             threads_per_worker=execution.threads_per_worker,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: never collides with another cluster
             silence_logs=logging.WARNING,
         )
     with cluster, Client(cluster, set_as_default=False) as client:

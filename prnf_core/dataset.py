@@ -9,6 +9,7 @@ One Zarr group per dataset::
       xT        (n, d)     final states at t_end
       snapshots (k, n, d)  states at config.save_times (only when asked)
       chunk_done (n_chunks,) uint8, one Zarr chunk per entry: 1 once a chunk's data is written
+      chunk_seconds (n_chunks,) float64: each chunk's simulation time (for cost reports)
 
 Every simulation chunk is one Zarr chunk of each array and has exactly one writer, so parallel
 writers never share a file (no sharding: parallel writes into one shard lose data). Completion is
@@ -200,8 +201,11 @@ class Dataset:
 
     # -- writing ------------------------------------------------------------------------------
     def write_chunk(self, index: int, x0: np.ndarray, xT: np.ndarray,
-                    snapshots: np.ndarray | None) -> None:
-        """Write one chunk's arrays, then mark it done (the marker is written last)."""
+                    snapshots: np.ndarray | None, seconds: float = float("nan")) -> None:
+        """Write one chunk's arrays, then mark it done (the marker is written last).
+
+        ``seconds`` is the chunk's simulation time, kept for cost reports.
+        """
         config = self.config
         start, stop = config.chunk_bounds(index)
         for name, arr in (("x0", x0), ("xT", xT)):
@@ -213,7 +217,13 @@ class Dataset:
         self.group["xT"][start:stop] = xT
         if snapshots is not None:
             self.group["snapshots"][:, start:stop] = snapshots
+        self.group["chunk_seconds"][index] = seconds
         self.group["chunk_done"][index] = 1
+
+    def simulation_seconds(self) -> float:
+        """Total single-worker simulation time of the done chunks (the cost of the data)."""
+        seconds = np.asarray(self.group["chunk_seconds"][:])[self.done_mask()]
+        return float(np.nansum(seconds))
 
     def finalize(self) -> bool:
         """Set ``complete`` once every chunk is done; return whether the dataset is complete."""
@@ -290,6 +300,8 @@ def create_dataset(config: DatasetConfig, path: str | Path) -> Dataset:
                            dimension_names=("time", "particle", "coordinate"))
     group.create_array("chunk_done", shape=(config.n_chunks,), chunks=(1,), dtype="uint8",
                        fill_value=0, compressors=None)
+    group.create_array("chunk_seconds", shape=(config.n_chunks,), chunks=(1,), dtype="float64",
+                       fill_value=np.nan, compressors=None)
     # Attributes last: a store without them is not yet a dataset and is recreated cleanly.
     group.attrs[ATTR_KEY] = {
         "schema_version": SCHEMA_VERSION,
@@ -372,7 +384,7 @@ def simulate_and_write_chunk(path: str, index: int, device: str | None = None,
     started = time.perf_counter()
     x0, xT, snaps = simulate_chunk_arrays(dataset.config, index, device=device)
     simulated = time.perf_counter()
-    dataset.write_chunk(index, x0, xT, snaps)
+    dataset.write_chunk(index, x0, xT, snaps, seconds=simulated - started)
     return {
         "chunk": index,
         "skipped": False,

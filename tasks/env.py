@@ -11,6 +11,7 @@ DEFAULTS = {
     "DO_NOT_TRACK": "true",  # Prefect and MLflow telemetry ("1" is not honoured by MLflow)
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "PREFECT_LOGGING_LEVEL": "WARNING" if os.environ.get("PRNF_QUIET") else "INFO",
 }
 

@@ -4,8 +4,8 @@
 log-density is reachable from the loaded model:
 ``mlflow.pyfunc.load_model(uri).unwrap_python_model().log_prob(y, x0)``.
 
-Loading a pyfunc model runs Python code stored with it (here: this class, by reference to the
-installed ``tasks`` package): load models only from registries you trust.
+Logged as "models from code" (``tasks/pyfunc_entry.py``), not a cloudpickled object. Loading any
+pyfunc model runs Python code stored with it: load models only from registries you trust.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ class SurrogatePyfunc(mlflow.pyfunc.PythonModel):
         self.model = load_model(context.artifacts["model"])
         self.metadata = load_metadata(context.artifacts["model"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None
-                ) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
         import torch
 
         x0 = np.asarray(model_input, dtype=np.float64)
@@ -66,7 +65,7 @@ def log_surrogate(model_dir: str | Path, run_id: str, example_x0: np.ndarray) ->
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=SurrogatePyfunc(),
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={"model": str(model_dir)},
             pip_requirements=PIP_REQUIREMENTS,
             signature=signature,

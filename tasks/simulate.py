@@ -45,7 +45,7 @@ def simulate_chunks(config: DatasetConfig, path: str,
         summary = run_dataset(
             config, path, client=client, device=execution.device,
             torch_threads=execution.threads_per_worker,
-            progress=Reporter(f"simulate {config.problem}", key=None),
+            progress=Reporter(f"simulate {config.problem} (chunks)", key=None),
         )
     logger.info(
         "simulated %d chunks (%d already done) in %.1f s; complete=%s",

@@ -18,10 +18,12 @@ from tasks.progress import Reporter
 
 @task(name="train-model")
 def train_model(data: str, model: ModelConfig, training: TrainConfig,
-                output: str, resume: bool = True) -> dict[str, Any]:
+                output: str, resume: bool = True,
+                tracking_run_id: str | None = None) -> dict[str, Any]:
     """Train on the store at ``data``; save weights, config and ``summary.json`` to ``output``.
 
     A checkpoint is kept in ``output`` after every epoch, so a re-run after a kill resumes.
+    With ``tracking_run_id``, per-step and per-epoch metrics go to that MLflow run.
     """
     logger = get_run_logger()
     dataset = open_dataset(data)
@@ -31,7 +33,7 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
         )
     model = model.model_copy(update={"dim": dataset.dim})
     net = build_model(model, seed=training.seed)
-    reporter = Reporter("train", key=None)
+    reporter = Reporter("train (epochs)", key=None)
     epochs_total = training.epochs or 1
 
     def log_epoch(kind: str, index: int, metrics: dict[str, float]) -> None:
@@ -41,12 +43,27 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
                         metrics["val_nll"], metrics["val_rev"])
             reporter(index + 1, max(epochs_total, index + 1))
 
+    callbacks = [log_epoch]
+    if tracking_run_id is not None:
+        from tasks.tracking import configure, log_metrics
+
+        client = configure()
+
+        def to_mlflow(kind: str, index: int, metrics: dict[str, float]) -> None:
+            prefix = "train_step" if kind == "step" else "epoch"
+            log_metrics(client, tracking_run_id,
+                        {f"{prefix}.{k}": v for k, v in metrics.items() if k != "epoch"},
+                        step=index)
+
+        callbacks.append(to_mlflow)
     out = Path(output)
-    result = fit(net, dataset, training, callbacks=[log_epoch], checkpoint_dir=out,
+    result = fit(net, dataset, training, callbacks=callbacks, checkpoint_dir=out,
                  resume=resume)
     problem = dataset.meta["problem"]
     net.save(out, extra={"dataset_id": dataset.dataset_id, "dataset_path": dataset.path,
-                         "problem": problem, "training": training.model_dump(mode="json")})
+                         "dataset_config": dataset.meta["resolved_config"], "problem": problem,
+                         "training": training.model_dump(mode="json"),
+                         "train_seconds": result.seconds + dataset.simulation_seconds()})
     summary = {
         "model_dir": str(out),
         "dataset_id": dataset.dataset_id,

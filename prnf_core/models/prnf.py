@@ -15,9 +15,11 @@ Loss on a minibatch of M normalized pairs, with reversibility weight λ (100 in 
         + λ\,\frac1M \sum \|g(x_0, f(x_0, y)) - y\|^2
 
 The d×d Jacobian :math:`∇_y f` is propagated through the layers in the same forward pass
-(:class:`JacobianMLP`): each layer maps the ``(n, d, H)`` tangent block with one matrix product,
-so the exact log-determinant costs about d extra rows per sample instead of d backward passes
-(``benchmarks/bench_model.py`` measures it against the reference autograd loop).
+(:class:`JacobianMLP`): each layer maps the ``(n, d, H)`` tangent block with one matrix product
+(the first layer's tangent folded into the second layer's weight), so the exact log-determinant
+costs about d extra rows per sample in a few large products instead of d separate backward
+passes; the arithmetic is the same, so the gain is in overheads (``benchmarks/bench_model.py``
+measures it against the reference autograd loop).
 
 >>> import numpy as np
 >>> from prnf_core.models import ModelConfig, build_model
@@ -87,17 +89,20 @@ class JacobianMLP(nn.Module):
         first = self.linears[0]
         u = first(inp)
         h = self.act(u)
-        # Tangent block (n, d, H): row j is ∂h/∂v_j.
-        tangent = first.weight[:, -d:].T.unsqueeze(0) * self.dact(u, h).unsqueeze(1)
-        for linear in self.linears[1:-1]:
+        # The first tangent block, W1[:, v] scaled by act'(u1), is folded into the next weight:
+        # ∂u2/∂v_j = W2 (act'(u1) ⊙ W1[:, j]) = act'(u1) @ (W2 diag(W1[:, j]))^T, so one
+        # (n, H1) x (H1, d·H2) product gives the (n, d, H2) pre-activation tangents without
+        # materializing (and differentiating) the broadcast (n, d, H1) product.
+        w_v = first.weight[:, -d:]
+        folded = (w_v.unsqueeze(2) * self.linears[1].weight.T.unsqueeze(1)).reshape(len(w_v), -1)
+        tangent = (self.dact(u, h) @ folded).view(n, d, -1)
+        # Row j of the (n, d, H) block is the pre-activation tangent ∂u/∂v_j of the next layer.
+        for linear, following in itertools.pairwise(self.linears[1:]):
             u = linear(h)
             h = self.act(u)
-            tangent = (tangent.reshape(n * d, -1) @ linear.weight.T).reshape(n, d, -1)
             tangent = tangent * self.dact(u, h).unsqueeze(1)
-        last = self.linears[-1]
-        out = last(h)
-        jac_t = (tangent.reshape(n * d, -1) @ last.weight.T).reshape(n, d, -1)
-        return out, jac_t.transpose(1, 2)
+            tangent = (tangent.view(n * d, -1) @ following.weight.T).view(n, d, -1)
+        return self.linears[-1](h), tangent.transpose(1, 2)
 
 
 class PRNF(ConditionalSampler):

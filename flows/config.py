@@ -1,0 +1,112 @@
+"""Typed parameters of the pipeline and validate flows (Prefect UI forms, CLI, YAML)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from prnf_core.cluster import ExecutionConfig
+from prnf_core.dataset import DatasetConfig
+from prnf_core.initial import InitialSpec, parse_initial
+from prnf_core.models import ModelConfig
+from prnf_core.problems import default_test_laws, get_problem
+from prnf_core.simulate import DType
+from prnf_core.train import TrainConfig
+
+
+class ValidationConfig(BaseModel):
+    """How a surrogate is checked against fresh Monte Carlo simulations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    laws: dict[str, InitialSpec] | None = Field(
+        None, description="Named test initial distributions; default: the problem's test laws.",
+    )
+    n_samples: int = Field(
+        10_000, ge=100,
+        description="Particles per law in each of two independent MC sets (the second gives the "
+                    "noise floor), and surrogate samples per law.",
+    )
+    seed: int = Field(
+        1_000_003, ge=0, description="Seed of the MC test sets (not the training seed)."
+    )
+    chunk_size: int = Field(5_000, gt=0, description="Particles per chunk of the MC test sets.")
+    max_sw_ratio: float = Field(
+        2.0, gt=0,
+        description="Pass if every law's sliced-Wasserstein ratio to the MC noise floor is below "
+                    "(a perfect surrogate stays under 1.6 in 99% of cases).",
+    )
+    max_kl: float = Field(
+        0.05, gt=0, description="Pass if every law's exact KL is below (problems with exact laws).",
+    )
+
+    @field_validator("laws", mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not value:
+            raise ValueError("must be a non-empty mapping of name -> initial-distribution spec")
+        return {str(k): parse_initial(v) for k, v in value.items()}
+
+    def resolved_laws(self, problem: str, params: dict[str, Any]) -> dict[str, InitialSpec]:
+        if self.laws is not None:
+            return dict(self.laws)
+        return {k: parse_initial(v) for k, v in default_test_laws(problem, params).items()}
+
+
+class PipelineParams(BaseModel):
+    """Simulate -> train -> validate -> register/promote, in one form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    problem: str = Field("ou", description="Registered problem (see `prnf problems`).")
+    problem_params: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the problem's parameters."
+    )
+    n_train: int = Field(
+        20_000, gt=0, description="Training trajectories (x0 uniform on the domain)."
+    )
+    chunk_size: int = Field(5_000, gt=0, description="Particles per simulation chunk.")
+    t_end: float | None = Field(None, gt=0, description="Horizon T; default: the problem's.")
+    dt: float | None = Field(None, gt=0, description="Euler-Maruyama step; default: the problem's.")
+    seed: int = Field(0, ge=0, description="Seed of the training set.")
+    dtype: DType = Field("float64", description="Simulation precision.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Surrogate architecture.")
+    training: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(epochs=40, batch_size=256, lr=3e-3, progress=False),
+        description="Optimization settings.",
+    )
+    validation: ValidationConfig = Field(
+        default_factory=ValidationConfig, description="Fresh-simulation validation."
+    )
+    execution: ExecutionConfig = Field(
+        default_factory=ExecutionConfig, description="Dask workers, scheduler address or cluster."
+    )
+    register: bool = Field(True, description="Register the model and apply the promotion gate.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineParams:
+        sde = get_problem(self.problem, **self.problem_params)
+        if self.model.dim not in (None, sde.dim):
+            raise ValueError(f"model.dim: {self.model.dim} but problem {self.problem!r} has "
+                             f"dimension {sde.dim}")
+        self.training_dataset()  # validates T, dt, sizes against the problem
+        for name, law in self.validation.resolved_laws(self.problem, self.problem_params).items():
+            if law.dim != sde.dim:
+                raise ValueError(f"validation.laws.{name}: dimension {law.dim}, problem "
+                                 f"{self.problem!r} has dimension {sde.dim}")
+        return self
+
+    def training_dataset(self) -> DatasetConfig:
+        return DatasetConfig(problem=self.problem, problem_params=self.problem_params,
+                             n_particles=self.n_train, chunk_size=self.chunk_size,
+                             t_end=self.t_end, dt=self.dt, seed=self.seed, dtype=self.dtype)
+
+    def test_dataset(self, law: InitialSpec) -> DatasetConfig:
+        """The MC test set of one law: two independent halves of ``n_samples`` each."""
+        return DatasetConfig(problem=self.problem, problem_params=self.problem_params,
+                             initial=law, n_particles=2 * self.validation.n_samples,
+                             chunk_size=self.validation.chunk_size, t_end=self.t_end, dt=self.dt,
+                             seed=self.validation.seed, dtype=self.dtype)

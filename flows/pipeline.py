@@ -1,0 +1,175 @@
+"""The pipeline flow: simulate -> train -> validate -> register/promote, tracked in MLflow.
+
+One MLflow parent run per pipeline run with child runs ``simulate``, ``train`` and
+``validate``; the trained surrogate is logged as a pyfunc model, registered as
+``prnf-<problem>`` with the alias ``challenger``, and promoted to ``champion`` only when it passes
+validation and beats the current champion on the same fresh test sets.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging import get_run_logger
+
+from flows.config import PipelineParams
+from flows.train import TrainParams, default_model_dir
+from prnf_core.dataset import open_dataset
+from prnf_core.models import load_metadata
+from prnf_core.paths import data_root
+from tasks import registry, tracking
+from tasks.pyfunc import log_surrogate
+from tasks.simulate import prepare_dataset, simulate_chunks
+from tasks.train import train_model
+from tasks.validate import simulate_test_sets, validate_surrogate
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
+    """Run the whole pipeline on ``params``; return a small summary (ids, paths, metrics)."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    client = tracking.configure()
+    tracking.check_reachable(client)
+    experiment = tracking.experiment_id(client, params.problem)
+    parent = tracking.start_run(client, experiment, "pipeline")
+    try:
+        result = _run(params, client, experiment, parent, logger)
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
+    result["seconds"] = time.perf_counter() - started
+    tracking.log_metrics(client, parent, {"pipeline_seconds": result["seconds"]})
+    client.set_terminated(parent, "FINISHED")
+    return result
+
+
+def _run(params: PipelineParams, client, experiment: str, parent: str, logger) -> dict[str, Any]:
+    tracking.log_params(client, parent, params.model_dump(mode="json"))
+    dataset_cfg = params.training_dataset()
+
+    # 1. simulate (reused when a complete store with the same id exists)
+    with tracking.child_run(client, experiment, "simulate", parent) as run_id:
+        prepared = prepare_dataset(dataset_cfg, None)
+        sim = simulate_chunks(dataset_cfg, prepared["path"], params.execution)
+        dataset = open_dataset(sim["path"])
+        tracking.log_params(client, run_id, {"dataset": dataset_cfg.resolved()})
+        tracking.set_tags(client, run_id, {"dataset_id": sim["dataset_id"],
+                                           "dataset_path": sim["path"]})
+        tracking.log_metrics(client, run_id, {
+            "chunks_simulated": sim["chunks_simulated"],
+            "chunks_reused": sim["chunks_already_done"],
+            "simulation_seconds": dataset.simulation_seconds(),
+            "wall_seconds": sim["seconds"]})
+    tracking.set_tags(client, parent, {"dataset_id": sim["dataset_id"],
+                                       "dataset_path": sim["path"]})
+
+    # 2. train, and log the surrogate as a pyfunc model
+    train_params = TrainParams(data=sim["path"], model=params.model, training=params.training)
+    model_dir = default_model_dir(train_params) + f"-{parent[:8]}"
+    with tracking.child_run(client, experiment, "train", parent) as run_id:
+        tracking.log_params(client, run_id, {"model": params.model.model_dump(mode="json"),
+                                             "training": params.training.model_dump(mode="json"),
+                                             "dataset_id": sim["dataset_id"]})
+        summary = train_model(sim["path"], params.model, params.training, model_dir,
+                              tracking_run_id=run_id)
+        tracking.log_metrics(client, run_id, {
+            "best_val_nll": summary["best_val_nll"], "epochs_run": summary["epochs_run"],
+            "train_seconds": summary["seconds"],
+            "final_val_rev": summary["final"].get("val_rev", 0.0)})
+        tracking.log_artifacts(client, run_id, [Path(model_dir) / "summary.json",
+                                                Path(model_dir) / "history.json"])
+        model_uri = log_surrogate(model_dir, run_id, dataset.load("x0")[:5])
+    return validate_and_register(params, client, experiment, parent, model_dir, model_uri,
+                                 train_seconds=summary["seconds"] + dataset.simulation_seconds())
+
+
+def validate_and_register(params: PipelineParams, client, experiment: str, parent: str,
+                          model_dir: str, model_uri: str, train_seconds: float
+                          ) -> dict[str, Any]:
+    """Steps 3 and 4: validate on fresh MC test sets (the champion too), register, promote."""
+    logger = get_run_logger()
+    meta = load_metadata(model_dir)
+    laws = params.validation.resolved_laws(params.problem, params.problem_params)
+    test_cfgs = {name: params.test_dataset(law) for name, law in laws.items()}
+    name = registry.model_name(params.problem)
+    champion = registry.champion_version(client, name) if params.register else None
+    champion_ref = f"models:/{name}@{registry.CHAMPION}" if champion is not None else None
+    report_dir = data_root() / "reports" / parent
+    with tracking.child_run(client, experiment, "validate", parent) as run_id:
+        test_sets = simulate_test_sets(test_cfgs, params.execution)
+        validation = validate_surrogate(
+            model_dir, params.problem, params.problem_params, test_sets,
+            {k: v.model_dump(mode="json") for k, v in laws.items()},
+            params.validation.n_samples, params.validation.seed,
+            params.validation.max_kl, params.validation.max_sw_ratio,
+            train_seconds=train_seconds, report_dir=str(report_dir),
+            champion_ref=champion_ref, history=_history(model_dir))
+        tracking.log_metrics(client, run_id, validation["metrics"])
+        tracking.log_metrics(client, run_id, {"score": validation["score"],
+                                              "passed": float(validation["passed"])})
+        test_ids = {f"test_set.{k}": open_dataset(p).dataset_id for k, p in test_sets.items()}
+        tracking.set_tags(client, run_id, test_ids)
+        tracking.log_artifacts(client, run_id, validation["files"], "report")
+    tracking.log_metrics(client, parent, {"score": validation["score"],
+                                          "passed": float(validation["passed"])})
+
+    promotion: dict[str, Any] = {"promoted": False, "decision": "registration disabled",
+                                 "champion_uri": None, "champion_version": None}
+    version = None
+    if params.register:
+        tags = {"dataset_id": meta["dataset_id"], "problem": params.problem,
+                "validation_status": "passed" if validation["passed"] else "failed",
+                "validation_rule": validation["rule"], "score": validation["score"],
+                "score_name": validation["score_name"], "pipeline_run_id": parent,
+                **test_ids,
+                **{k: f"{v:.6g}" for k, v in validation["metrics"].items()
+                   if k.endswith(("kl", "energy_ratio", "sw_ratio", "c2st_acc"))}}
+        version = registry.register(client, model_uri, name, parent, tags)
+        promotion = registry.promote_if_better(client, name, version, validation["score"],
+                                               validation["champion_score"],
+                                               validation["passed"])
+        tracking.set_tags(client, parent, {"model_version": version,
+                                           "promotion": promotion["decision"]})
+
+    result = {
+        "problem": params.problem, "dataset_id": meta["dataset_id"],
+        "dataset_path": meta["dataset_path"], "model_dir": model_dir, "model_uri": model_uri,
+        "registered_model": name, "version": version, "run_id": parent,
+        "experiment_id": experiment, "score": validation["score"],
+        "score_name": validation["score_name"], "passed": validation["passed"],
+        "champion_score": validation["champion_score"], **promotion,
+        "report_dir": str(report_dir),
+        "metrics": {k: v for k, v in validation["metrics"].items()
+                    if k.endswith(("kl", "energy_ratio", "sw_ratio", "c2st_acc", "_z"))
+                    or k.startswith("cost/")},
+        "tracking_uri": tracking.tracking_uri(),
+    }
+    _report_artifact(result, validation["report_markdown"], experiment)
+    logger.info("score %.4g, %s", result["score"], promotion["decision"])
+    return result
+
+
+def _history(model_dir: str) -> list[dict[str, float]]:
+    import json
+
+    path = Path(model_dir) / "history.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _report_artifact(result: dict[str, Any], report_md: str, experiment: str) -> None:
+    links = [
+        f"- MLflow run: `{tracking.run_url(result['run_id'], experiment)}` "
+        f"(tracking: `{result['tracking_uri']}`)",
+        f"- Model: `{result['model_uri']}`; registered `{result['registered_model']}` "
+        f"v{result['version']}; {result['decision']}",
+        f"- Champion: `{result['champion_uri']}`",
+        f"- Plots and report: `{result['report_dir']}`",
+    ]
+    create_markdown_artifact("\n".join(links) + "\n\n" + report_md,
+                             key=f"prnf-report-{result['problem']}".replace("_", "-"),
+                             description="prnf pipeline validation report")

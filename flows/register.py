@@ -1,0 +1,60 @@
+"""The ``register`` flow: log, validate, register and gate a model trained earlier.
+
+Used when a pipeline run trained a model but could not register it (e.g. the tracking server
+was down): the dataset and the model directory are kept, and this flow completes the job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.config import PipelineParams, ValidationConfig
+from flows.pipeline import validate_and_register
+from prnf_core.cluster import ExecutionConfig
+from prnf_core.dataset import open_dataset
+from prnf_core.models import load_metadata
+from tasks import tracking
+from tasks.pyfunc import log_surrogate
+
+
+class RegisterParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str = Field(description="A model directory written by the train flow.")
+    validation: ValidationConfig = Field(
+        default_factory=ValidationConfig, description="Test laws, sample size, thresholds."
+    )
+    execution: ExecutionConfig = Field(
+        default_factory=ExecutionConfig, description="Dask workers for the MC test sets."
+    )
+
+
+@flow(name="register", log_prints=True)
+def register_flow(params: RegisterParams) -> dict[str, Any]:
+    meta = load_metadata(params.model_dir)
+    problem = meta["problem"]["name"]
+    cfg = meta["dataset_config"]
+    pipeline = PipelineParams(problem=problem, problem_params=cfg["problem_params"],
+                              t_end=cfg["t_end"], dt=cfg["dt"], dtype=cfg["dtype"],
+                              validation=params.validation, execution=params.execution,
+                              model=meta["model"])
+    client = tracking.configure()
+    tracking.check_reachable(client)
+    experiment = tracking.experiment_id(client, problem)
+    parent = tracking.start_run(client, experiment, "register",
+                                tags={"model_dir": params.model_dir})
+    try:
+        with tracking.child_run(client, experiment, "log-model", parent) as run_id:
+            x0_example = open_dataset(meta["dataset_path"]).load("x0")[:5]
+            model_uri = log_surrogate(params.model_dir, run_id, x0_example)
+        result = validate_and_register(pipeline, client, experiment, parent, params.model_dir,
+                                       model_uri, train_seconds=float(meta["train_seconds"]))
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
+    client.set_terminated(parent, "FINISHED")
+    result["seconds"] = 0.0
+    return result

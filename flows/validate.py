@@ -1,0 +1,71 @@
+"""The ``validate`` flow: re-validate a registered or saved surrogate on fresh simulations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.config import PipelineParams, ValidationConfig
+from prnf_core.cluster import ExecutionConfig
+from prnf_core.paths import data_root
+from tasks import tracking
+from tasks.validate import simulate_test_sets, validate_surrogate
+
+
+class ValidateParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="models:/NAME@alias, models:/NAME/VERSION, runs:/... or a dir.")
+    validation: ValidationConfig = Field(
+        default_factory=ValidationConfig, description="Test laws, sample size, thresholds."
+    )
+    execution: ExecutionConfig = Field(
+        default_factory=ExecutionConfig, description="Dask workers for the MC test sets."
+    )
+
+
+@flow(name="validate", log_prints=True)
+def validate_flow(params: ValidateParams) -> dict[str, Any]:
+    """Fresh MC test sets for the model's problem, metrics, plots; logged to MLflow."""
+    from tasks.pyfunc import load_surrogate
+
+    client = tracking.configure()
+    surrogate = load_surrogate(params.model)
+    meta = surrogate.metadata
+    problem = meta["problem"]["name"]
+    problem_params = meta["problem"]["params"]
+    horizon = {"t_end": meta["problem"]["t_end"], "dt": meta["problem"]["dt"]}
+    dataset_cfg = meta.get("dataset_config") or {}
+    pipeline = PipelineParams(problem=problem, problem_params=problem_params,
+                              t_end=dataset_cfg.get("t_end", horizon["t_end"]),
+                              dt=dataset_cfg.get("dt", horizon["dt"]),
+                              validation=params.validation, execution=params.execution,
+                              model={"dim": surrogate.model.dim})
+    laws = params.validation.resolved_laws(problem, problem_params)
+    experiment = tracking.experiment_id(client, problem)
+    with tracking.child_run(client, experiment, "validate", None,
+                            tags={"model": params.model}) as run_id:
+        test_sets = simulate_test_sets({k: pipeline.test_dataset(v) for k, v in laws.items()},
+                                       params.execution)
+        result = validate_surrogate(
+            params.model, problem, problem_params, test_sets,
+            {k: v.model_dump(mode="json") for k, v in laws.items()},
+            params.validation.n_samples, params.validation.seed, params.validation.max_kl,
+            params.validation.max_sw_ratio,
+            train_seconds=float(meta.get("train_seconds", 0.0)),
+            report_dir=str(data_root() / "reports" / run_id))
+        tracking.log_params(client, run_id, {"validation": params.validation.model_dump(
+            mode="json")})
+        tracking.log_metrics(client, run_id, result["metrics"])
+        tracking.log_metrics(client, run_id, {"score": result["score"],
+                                              "passed": float(result["passed"])})
+        tracking.log_artifacts(client, run_id, result["files"], "report")
+    create_markdown_artifact(result["report_markdown"], key="prnf-validation",
+                             description=f"validation of {params.model}")
+    return {"model": params.model, "problem": problem, "run_id": run_id,
+            "score": result["score"], "score_name": result["score_name"],
+            "passed": result["passed"], "report_dir": str(data_root() / "reports" / run_id),
+            "metrics": result["metrics"]}
