@@ -38,7 +38,7 @@ class ValidationConfig(BaseModel):
                     "(a perfect surrogate stays under 1.6 in 99% of cases).",
     )
     max_kl: float = Field(
-        0.05, gt=0, description="Pass if every law's exact KL is below (problems with exact laws).",
+        0.02, gt=0, description="Pass if every law's exact KL is below (problems with exact laws).",
     )
 
     @field_validator("laws", mode="before")

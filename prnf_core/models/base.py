@@ -177,9 +177,10 @@ class ConditionalSampler(nn.Module):
         yn, ctx = self.normalize(x0_t, y_t, c_t)
         return self._log_prob_normalized(yn, ctx) - torch.log(self.y_std).sum()
 
+    @torch.no_grad()
     def sample(self, x0: ArrayLike, cond: ArrayLike | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """One :math:`X_T` per row of ``x0``, shape ``(n, d)``."""
+        """One :math:`X_T` per row of ``x0``, shape ``(n, d)`` (no gradient graph)."""
         x0_t, _, c_t = self._inputs(x0, None, cond)
         _, ctx = self.normalize(x0_t, None, c_t)
         return self._sample_normalized(ctx, generator) * self.y_std + self.y_mean
