@@ -76,6 +76,12 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
     log_every: int = Field(50, ge=1, description="Steps between 'step' callbacks.")
     progress: bool = Field(True, description="Show a progress bar.")
+    threads: int | None = Field(
+        1, ge=1,
+        description="Torch CPU threads while training (None: torch's default). One thread is "
+                    "fastest for CPU-sized models: measured 6 ms vs 74 ms per step with 2 "
+                    "threads on a busy 2-core machine.",
+    )
     preset: Literal["paper"] | None = Field(
         None, description="'paper': 30,000 iterations, batch 5000, lr 1e-3 -> 5e-4 at 3000, λ=100.",
     )
@@ -169,7 +175,17 @@ def fit(
         resume: Continue from ``checkpoint_dir/checkpoint.pt`` if it exists.
     """
     config = config or TrainConfig()
-    callbacks = callbacks or []
+    previous_threads = torch.get_num_threads()
+    if config.threads is not None and model.device.type == "cpu":
+        torch.set_num_threads(config.threads)
+    try:
+        return _fit(model, data, config, callbacks or [], checkpoint_dir, resume)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: list[Callback],
+         checkpoint_dir: str | Path | None, resume: bool) -> FitResult:
     x0_np, y_np = training_pairs(data)
     device, dtype = model.device, model.dtype
     data_dim = x0_np.shape[1] if x0_np.ndim == 2 else None
