@@ -69,7 +69,11 @@ def problems() -> None:
 
     table = Table("name", "dim", "noise", "T", "dt", "exact p(X_T|x0)", "description")
     for name in sorted(list_problems()):
-        sde = get_problem(name)
+        try:
+            sde = get_problem(name)
+        except PrnfError:  # a registered problem without defaults for all its parameters
+            table.add_row(name, "-", "-", "-", "-", "-", "needs parameters (see below)")
+            continue
         table.add_row(name, str(sde.dim), sde.noise, f"{sde.t_end:g}", f"{sde.dt:g}",
                       "yes" if sde.has_exact_transition else "no", sde.description)
     out.print(table)
@@ -371,13 +375,18 @@ def _default_training() -> dict[str, Any]:
 def register(
     model_dir: Annotated[str, typer.Argument(help="Model directory written by `prnf train`.")],
     workers: Annotated[int | None, typer.Option(help="Dask workers (0: in-process).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="YAML whose `validation` and `execution` sections are used (the pipeline's YAML "
+             "works: its other sections are ignored).")] = None,
 ) -> None:
     """Validate, register and (if better) promote a model trained earlier."""
     from flows.register import RegisterParams, register_flow
 
-    raw: dict[str, Any] = {"model_dir": model_dir}
+    sections = _load_yaml(config)
+    raw: dict[str, Any] = {"model_dir": model_dir,
+                           **{k: sections[k] for k in ("validation", "execution") if k in sections}}
     if workers is not None:
-        raw["execution"] = {"workers": workers}
+        raw["execution"] = {**(raw.get("execution") or {}), "workers": workers}
     try:
         params = RegisterParams.model_validate(raw)
     except ValidationError as exc:

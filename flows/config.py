@@ -84,7 +84,9 @@ class PipelineParams(BaseModel):
     execution: ExecutionConfig = Field(
         default_factory=ExecutionConfig, description="Dask workers, scheduler address or cluster."
     )
-    register: bool = Field(True, description="Register the model and apply the promotion gate.")
+    use_registry: bool = Field(
+        True, description="Register the model in MLflow and apply the promotion gate."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PipelineParams:

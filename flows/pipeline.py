@@ -97,7 +97,7 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
     laws = params.validation.resolved_laws(params.problem, params.problem_params)
     test_cfgs = {name: params.test_dataset(law) for name, law in laws.items()}
     name = registry.model_name(params.problem)
-    champion = registry.champion_version(client, name) if params.register else None
+    champion = registry.champion_version(client, name) if params.use_registry else None
     champion_ref = f"models:/{name}@{registry.CHAMPION}" if champion is not None else None
     report_dir = data_root() / "reports" / parent
     with tracking.child_run(client, experiment, "validate", parent) as run_id:
@@ -121,7 +121,7 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
     promotion: dict[str, Any] = {"promoted": False, "decision": "registration disabled",
                                  "champion_uri": None, "champion_version": None}
     version = None
-    if params.register:
+    if params.use_registry:
         tags = {"dataset_id": meta["dataset_id"], "problem": params.problem,
                 "validation_status": "passed" if validation["passed"] else "failed",
                 "validation_rule": validation["rule"], "score": validation["score"],

@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import dask
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prnf_core.errors import ConfigError
@@ -93,12 +94,24 @@ def dask_client(execution: ExecutionConfig) -> Iterator[Any | None]:
     else:
         # The scheduler and nannies run in this process: keep their chatter out of user logs.
         logging.getLogger("distributed").setLevel(logging.WARNING)
-        cluster = LocalCluster(
-            n_workers=execution.resolved_workers(),
-            threads_per_worker=execution.threads_per_worker,
-            processes=True,
-            dashboard_address=":0",  # a free port: never collides with another cluster
-            silence_logs=logging.WARNING,
-        )
-    with cluster, Client(cluster, set_as_default=False) as client:
-        yield client
+        # Dask's default MALLOC_TRIM_THRESHOLD_ for workers turns every large torch temporary
+        # into a fresh mapping with page faults: measured 1.5-3x slower chunks. Drop it.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_":
+                              None}):
+            cluster = LocalCluster(
+                n_workers=execution.resolved_workers(),
+                threads_per_worker=execution.threads_per_worker,
+                processes=True,
+                dashboard_address=":0",  # a free port: never collides with another cluster
+                silence_logs=logging.WARNING,
+            )
+    environ = dict(os.environ)
+    try:
+        with cluster, Client(cluster, set_as_default=False) as client:
+            yield client
+    finally:
+        # Starting a LocalCluster sets OMP/MKL/OPENBLAS_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_
+        # in this process too; restore the caller's environment.
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        os.environ.update(environ)

@@ -48,7 +48,7 @@ from prnf_core.problems import get_problem
 from prnf_core.sde import SDE
 from prnf_core.simulate import DType, save_steps, simulate, step_count
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: chunk_seconds
 ATTR_KEY = "prnf"
 
 

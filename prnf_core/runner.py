@@ -77,11 +77,15 @@ def run_dataset(
             if progress:
                 progress(len(results), total)
     elif missing:
+        import uuid
+
         from distributed import as_completed
 
+        # Unique per run: two runs of one config to different stores must not share futures.
+        token = uuid.uuid4().hex[:12]
         futures = [
             client.submit(simulate_and_write_chunk, dataset.path, index, device, torch_threads,
-                          key=f"prnf-chunk-{config.dataset_id()}-{index}", pure=False)
+                          key=f"prnf-chunk-{config.dataset_id()}-{index}-{token}", pure=False)
             for index in missing
         ]
         try:

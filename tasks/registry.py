@@ -35,11 +35,22 @@ def register(client: MlflowClient, model_uri: str, name: str, run_id: str,
     """Register ``model_uri`` as a new version of ``name``; tag it; alias it challenger."""
     with contextlib.suppress(MlflowException):  # already registered
         client.create_registered_model(name, description="prnf surrogate of p(X_T | X_0)")
-    version = client.create_model_version(name, model_uri, run_id=run_id).version
+    # A tracking server accepts a ``models:/<model_id>`` source only with that model_id.
+    model_id = _logged_model_id(model_uri)
+    version = client.create_model_version(name, model_uri, run_id=run_id,
+                                          model_id=model_id).version
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
     client.set_registered_model_alias(name, CHALLENGER, version)
     return str(version)
+
+
+def _logged_model_id(model_uri: str) -> str | None:
+    """``m-...`` of a logged-model URI ``models:/m-...``; None for other URIs."""
+    rest = model_uri.removeprefix("models:/")
+    if rest == model_uri or "/" in rest or "@" in rest:
+        return None
+    return rest
 
 
 def promote_if_better(client: MlflowClient, name: str, version: str, score: float,

@@ -18,7 +18,6 @@ from prnf_core import (
     NonFiniteStateError,
     create_dataset,
     open_dataset,
-    register_problem,
     run_dataset,
 )
 from prnf_core.dataset import simulate_and_write_chunk
@@ -46,7 +45,7 @@ def test_layout_and_attributes(tmp_path):
     meta = group.attrs["prnf"]
     json.dumps(meta)  # plain JSON only
     assert meta["dataset_id"] == cfg.dataset_id()
-    assert meta["schema_version"] == 1 and meta["package_version"]
+    assert meta["schema_version"] == 2 and meta["package_version"]
     assert meta["resolved_config"]["problem_params"]["A"] == [[1.0, 0.5], [-0.5, 1.0]]
     assert meta["resolved_config"]["initial"] == {"kind": "uniform", "low": [-2.0, -2.0],
                                                   "high": [2.0, 2.0]}
@@ -151,8 +150,10 @@ def _exploding(threshold_step: int) -> SDE:
                t_end=0.1, dt=0.01, domain=([-1.0], [1.0]))
 
 
-def test_non_finite_chunk_is_reported_and_never_stored(tmp_path):
-    register_problem("exploding", _exploding, overwrite=True)
+def test_non_finite_chunk_is_reported_and_never_stored(tmp_path, monkeypatch):
+    import prnf_core.problems
+
+    monkeypatch.setitem(prnf_core.problems._REGISTRY, "exploding", _exploding)
     cfg = DatasetConfig(problem="exploding", problem_params={"threshold_step": 4},
                         n_particles=100, chunk_size=50)
     path = tmp_path / "boom.zarr"

@@ -14,7 +14,7 @@ import numpy as np
 from prnf_core import DatasetConfig, open_dataset, run_dataset
 
 PRNF = str(Path(sys.executable).with_name("prnf"))
-CONFIG = dict(problem="abc3d", n_particles=60_000, chunk_size=3_000, seed=11)
+CONFIG = dict(problem="abc3d", n_particles=30_000, chunk_size=1_500, seed=11)
 
 
 def _cli(out: Path) -> list[str]:
@@ -33,17 +33,20 @@ def _done_count(out: Path) -> int:
 def test_killed_run_resumes_bit_identical(tmp_path):
     out = tmp_path / "abc.zarr"
     env = {**os.environ, "PRNF_DATA_ROOT": str(tmp_path / "data")}
-    proc = subprocess.Popen(_cli(out), env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    try:
-        while _done_count(out) < 3:
-            assert proc.poll() is None, "run ended before it could be interrupted"
-            assert time.monotonic() < deadline, "no chunk finished in time"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the flow process and its Dask workers
-        proc.wait()
+    log = tmp_path / "killed-run.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(_cli(out), env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 180
+        try:
+            while _done_count(out) < 3:
+                assert proc.poll() is None, f"run ended early: {log.read_text()[-2000:]}"
+                assert time.monotonic() < deadline, "no chunk finished in time"
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # the flow process and its Dask workers
+            proc.wait()
     interrupted = open_dataset(out)
     done_before = int(interrupted.done_mask().sum())
     n_chunks = 20
