@@ -23,6 +23,7 @@ Memory is a few ``(d, n)`` buffers: bounded by the number of particles simulated
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,12 +50,19 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _positive_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name}: must be a finite number > 0, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name}: must be a finite number > 0, got {value!r}")
+    return value
+
+
 def step_count(t_end: float, dt: float) -> int:
     """Number of steps; ``t_end`` must be a positive multiple of ``dt``."""
-    if not (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0):
-        raise ConfigError(f"dt: must be a finite number > 0, got {dt!r}")
-    if not (isinstance(t_end, int | float) and math.isfinite(t_end) and t_end > 0):
-        raise ConfigError(f"t_end: must be a finite number > 0, got {t_end!r}")
+    dt = _positive_real("dt", dt)
+    t_end = _positive_real("t_end", t_end)
     steps = round(t_end / dt)
     if steps < 1 or abs(steps * dt - t_end) > 1e-9 * max(t_end, 1.0):
         raise ConfigError(f"t_end: {t_end} is not a whole multiple of dt={dt}")
@@ -67,8 +75,10 @@ def save_steps(save_times: np.ndarray | list[float] | None, t_end: float, dt: fl
         return []
     steps = []
     for t in np.asarray(save_times, dtype=float).reshape(-1):
+        if not (math.isfinite(t) and 0 <= t <= t_end * (1 + 1e-12)):
+            raise ConfigError(f"save_times: {t} must lie in [0, t_end={t_end}]")
         k = round(t / dt)
-        if not (0 <= t <= t_end * (1 + 1e-12)) or abs(k * dt - t) > 1e-9 * max(t_end, 1.0):
+        if abs(k * dt - t) > 1e-9 * max(t_end, 1.0):
             raise ConfigError(
                 f"save_times: {t} must lie in [0, t_end={t_end}] on the dt={dt} grid"
             )

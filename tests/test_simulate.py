@@ -285,26 +285,12 @@ def test_bad_run_parameters(ou2, kwargs, match):
         simulate(ou2, X0_SMALL[:5], **{**base, **kwargs})
 
 
-@pytest.mark.xfail(
-    strict=True, raises=(ValueError, OverflowError),
-    reason="simulate.save_steps calls round(t / dt) before checking t: NaN raises a plain "
-           "ValueError ('cannot convert float NaN to integer') and ±inf an OverflowError instead "
-           "of ConfigError('save_times: ...'). Fix: test math.isfinite(t) (with the range check) "
-           "before round().",
-)
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_save_times(ou2, bad):
     with pytest.raises(ConfigError, match=r"^save_times: "):
         simulate(ou2, X0_SMALL[:5], t_end=0.5, dt=0.01, save_times=[0.1, bad])
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ConfigError,
-    reason="simulate.step_count tests isinstance(v, int | float), so exact numpy scalars such "
-           "as np.int64(1) or np.float32(0.5) are refused with the misleading 't_end: must be a "
-           "finite number > 0, got np.int64(1)'. Fix: accept numbers.Real (not bool) and "
-           "convert with float() before the checks.",
-)
 @pytest.mark.parametrize("kwargs", [dict(t_end=np.int64(1), dt=0.5),
                                     dict(t_end=1.0, dt=np.float32(0.5))])
 def test_numpy_scalar_horizon_and_step(ou2, kwargs):
