@@ -83,6 +83,19 @@ def problems() -> None:
         out.print(f"  {name}: {params}", highlight=False)
 
 
+def _start(params_model: type, run, raw: dict[str, Any]) -> Any:
+    """Validate ``raw`` into ``params_model`` (exit 2 naming the fields), then run the flow
+    with a progress bar; prnf's own errors and missing files exit 2 with their message."""
+    try:
+        params = params_model.model_validate(raw)
+    except ValidationError as exc:
+        _fail(format_validation_error(exc))
+    try:
+        return _run_with_progress(run, params)
+    except (PrnfError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
 def _run_with_progress(run, *args: Any) -> Any:
     from tasks.progress import listening
 
@@ -160,14 +173,7 @@ def simulate(
 def _start_simulate(raw: dict[str, Any]) -> dict[str, Any]:
     from flows.simulate import SimulateParams, simulate_flow
 
-    try:
-        params = SimulateParams.model_validate(raw)
-    except ValidationError as exc:
-        _fail(format_validation_error(exc))
-    try:
-        return _run_with_progress(simulate_flow, params)
-    except PrnfError as exc:
-        _fail(str(exc))
+    return _start(SimulateParams, simulate_flow, raw)
 
 
 @app.command()
@@ -210,14 +216,7 @@ def train(
         raw["data"] = data
     if out_dir is not None:
         raw["output"] = out_dir
-    try:
-        params = TrainParams.model_validate(raw)
-    except ValidationError as exc:
-        _fail(format_validation_error(exc))
-    try:
-        summary = train_flow(params)
-    except (PrnfError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    summary = _start(TrainParams, train_flow, raw)
     out.print(f"model: {summary['model_dir']}")
     out.print(f"summary: {summary['model_dir']}/summary.json")
     out.print(f"best val_nll {summary['best_val_nll']:.4f} (epoch {summary['best_epoch']}), "
@@ -271,14 +270,7 @@ def validate(
         raw["validation"] = {**raw.get("validation", {}), "n_samples": n_samples}
     if workers is not None:
         raw["execution"] = {**raw.get("execution", {}), "workers": workers}
-    try:
-        params = ValidateParams.model_validate(raw)
-    except ValidationError as exc:
-        _fail(format_validation_error(exc))
-    try:
-        result = _run_with_progress(validate_flow, params)
-    except (PrnfError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    result = _start(ValidateParams, validate_flow, raw)
     table = Table("metric", "value", title=f"validation of {model}")
     for key, value in sorted(result["metrics"].items()):
         if key.endswith(("kl", "energy_ratio", "sw_ratio", "c2st_acc", "_z")):
@@ -311,14 +303,7 @@ def _start_pipeline(raw: dict[str, Any]) -> dict[str, Any]:
     from flows.config import PipelineParams
     from flows.pipeline import pipeline_flow
 
-    try:
-        params = PipelineParams.model_validate(raw)
-    except ValidationError as exc:
-        _fail(format_validation_error(exc))
-    try:
-        return _run_with_progress(pipeline_flow, params)
-    except PrnfError as exc:
-        _fail(str(exc))
+    return _start(PipelineParams, pipeline_flow, raw)
 
 
 def _print_pipeline(result: dict[str, Any]) -> None:
@@ -387,14 +372,7 @@ def register(
                            **{k: sections[k] for k in ("validation", "execution") if k in sections}}
     if workers is not None:
         raw["execution"] = {**(raw.get("execution") or {}), "workers": workers}
-    try:
-        params = RegisterParams.model_validate(raw)
-    except ValidationError as exc:
-        _fail(format_validation_error(exc))
-    try:
-        result = _run_with_progress(register_flow, params)
-    except (PrnfError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    result = _start(RegisterParams, register_flow, raw)
     _print_pipeline(result)
 
 
