@@ -56,6 +56,19 @@ class ValidationConfig(BaseModel):
         return {k: parse_initial(v) for k, v in default_test_laws(problem, params).items()}
 
 
+class CheckParams(BaseModel):
+    """Shared by the flows that validate an existing model (validate, register)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    validation: ValidationConfig = Field(
+        default_factory=ValidationConfig, description="Test laws, sample size, thresholds."
+    )
+    execution: ExecutionConfig = Field(
+        default_factory=ExecutionConfig, description="Dask workers for the MC test sets."
+    )
+
+
 class PipelineParams(BaseModel):
     """Simulate -> train -> validate -> register/promote, in one form."""
 

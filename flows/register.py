@@ -9,27 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from flows.config import PipelineParams, ValidationConfig
+from flows.config import CheckParams, PipelineParams
 from flows.pipeline import validate_and_register
-from prnf_core.cluster import ExecutionConfig
 from prnf_core.dataset import open_dataset
 from prnf_core.models import load_metadata
 from tasks import tracking
 from tasks.pyfunc import log_surrogate
 
 
-class RegisterParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RegisterParams(CheckParams):
     model_dir: str = Field(description="A model directory written by the train flow.")
-    validation: ValidationConfig = Field(
-        default_factory=ValidationConfig, description="Test laws, sample size, thresholds."
-    )
-    execution: ExecutionConfig = Field(
-        default_factory=ExecutionConfig, description="Dask workers for the MC test sets."
-    )
 
 
 @flow(name="register", log_prints=True)

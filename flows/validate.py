@@ -6,25 +6,16 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from flows.config import PipelineParams, ValidationConfig
-from prnf_core.cluster import ExecutionConfig
+from flows.config import CheckParams, PipelineParams
 from prnf_core.paths import data_root
 from tasks import tracking
 from tasks.validate import simulate_test_sets, validate_surrogate
 
 
-class ValidateParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ValidateParams(CheckParams):
     model: str = Field(description="models:/NAME@alias, models:/NAME/VERSION, runs:/... or a dir.")
-    validation: ValidationConfig = Field(
-        default_factory=ValidationConfig, description="Test laws, sample size, thresholds."
-    )
-    execution: ExecutionConfig = Field(
-        default_factory=ExecutionConfig, description="Dask workers for the MC test sets."
-    )
 
 
 @flow(name="validate", log_prints=True)

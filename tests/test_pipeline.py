@@ -162,3 +162,18 @@ def test_pipeline_parameters_are_validated_before_work(raw, field):
 
     with pytest.raises(ValidationError, match=field):
         PipelineParams.model_validate(raw)
+
+
+def test_prnf_validate_a_registered_model(two_runs):
+    good, _ = two_runs
+    os.environ["MLFLOW_TRACKING_URI"] = good["tracking_uri"]
+    try:
+        result = runner.invoke(app, ["validate", "--model", "models:/prnf-bm1d@champion",
+                                     "--n-samples", "500", "--workers", "0"])
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    assert result.exit_code == 0, result.output
+    for law in ("gaussian", "uniform", "bimodal", "skewed"):  # bm1d's default test laws
+        assert f"val/{law}/kl" in result.output
+    report_dir = result.output.rsplit("report and plots: ", 1)[1].split()[0]
+    assert (data_root() / "reports").exists() and report_dir.startswith(str(data_root()))
