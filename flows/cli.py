@@ -377,6 +377,34 @@ def register(
 
 
 @app.command()
+def reproduce(
+    experiment: Annotated[str, typer.Argument(help="bm1d, runaway2d or abc3d.")],
+    profile: Annotated[str, typer.Option(
+        help="quick (a 2-core CPU, under ~20 min) or paper (the paper's sizes).")] = "quick",
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a setting, dotted KEY=VALUE (repeatable), e.g. "
+                      "training.epochs=5.")] = None,
+    output: Annotated[str, typer.Option(help="Directory of the results page.")] = "docs/results",
+    workers: Annotated[int | None, typer.Option(help="Dask workers (0: in-process).")] = None,
+    no_registry: Annotated[bool, typer.Option(
+        "--no-registry", help="Do not register the trained model.")] = False,
+) -> None:
+    """Reproduce one of the paper's experiments; write <output>/<experiment>.md and figures."""
+    from flows.reproduce import ReproduceParams, reproduce_flow
+
+    raw: dict[str, Any] = {"experiment": experiment, "profile": profile,
+                           "overrides": _parse_kv(set_, "--set"), "output_dir": output,
+                           "use_registry": not no_registry}
+    if workers is not None:
+        raw["execution"] = {"workers": workers}
+    result = _start(ReproduceParams, reproduce_flow, raw)
+    out.print(f"{result['experiment']} ({result['profile']}): {result['headline']}; goal "
+              f"{'met' if result['goal_met'] else 'NOT met'}", highlight=False)
+    out.print(f"page: {result['page']}; MLflow run {result['run_id']}; "
+              f"{result['seconds'] / 60:.1f} min", highlight=False)
+
+
+@app.command()
 def run() -> None:
     """The main job on embedded defaults: the whole pipeline on the 2-D OU problem."""
     _print_pipeline(_start_pipeline({}))

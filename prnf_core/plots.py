@@ -264,5 +264,62 @@ def plot_qoi_vs_param(x: Sequence[float], sur_values: Sequence[float],
     return _save(fig, path)
 
 
-__all__ = ["plot_marginals_1d", "plot_marginals_2d", "plot_qoi_vs_param",
-           "plot_training_curves"]
+def plot_validation_curves(histories: Mapping[str, Sequence[Mapping[str, float]]],
+                           path: str | Path, *, key: str = "val_nll",
+                           ylabel: str = "validation NLL (cross-entropy)",
+                           title: str | None = None) -> Path:
+    """One curve of ``key`` per epoch for each labelled training run (e.g. one per λ).
+
+    ``histories``: label -> per-epoch dicts as in :func:`plot_training_curves`. A log y axis
+    is used when every value is positive.
+    """
+    if not histories:
+        raise ValueError("histories is empty")
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    values = []
+    for label, history in histories.items():
+        y = _series(history, key)
+        epochs = _series(history, "epoch")
+        x = epochs if np.isfinite(epochs).all() else np.arange(len(y), dtype=float)
+        ax.plot(x, y, label=str(label))
+        values.append(y[np.isfinite(y)])
+    if all(len(v) and (v > 0).all() for v in values):
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(title or f"{ylabel} per epoch")
+    return _save(fig, path)
+
+
+def plot_heatmap(values: np.ndarray | Sequence, x_centres: Sequence[float],
+                 y_centres: Sequence[float], path: str | Path, *, xlabel: str = "x",
+                 ylabel: str = "y", label: str = "value", title: str | None = None,
+                 marks: Sequence[tuple[float, float]] = ()) -> Path:
+    """A parameter study as a heat map: ``values[i, j]`` at ``(x_centres[i], y_centres[j])``.
+
+    ``marks``: points to outline (e.g. where a Monte Carlo reference was computed).
+    """
+    v = np.asarray(values, dtype=float)
+    xs, ys = np.asarray(x_centres, dtype=float), np.asarray(y_centres, dtype=float)
+    if v.shape != (len(xs), len(ys)):
+        raise ValueError(f"values must have shape ({len(xs)}, {len(ys)}), got {v.shape}")
+    fig = Figure(figsize=(6.4, 5.2), layout="constrained")
+    ax = fig.subplots()
+    mesh = ax.pcolormesh(xs, ys, v.T, shading="nearest", cmap="viridis")
+    fig.colorbar(mesh, ax=ax, label=label)
+    if len(marks):
+        m = np.asarray(marks, dtype=float)
+        ax.scatter(m[:, 0], m[:, 1], s=36, facecolors="none", edgecolors="white",
+                   linewidths=1.2, label="Monte Carlo reference")
+        ax.legend(loc="upper right", fontsize="small")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or label)
+    return _save(fig, path)
+
+
+__all__ = ["plot_heatmap", "plot_marginals_1d", "plot_marginals_2d", "plot_qoi_vs_param",
+           "plot_training_curves", "plot_validation_curves"]

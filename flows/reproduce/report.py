@@ -1,0 +1,103 @@
+"""The results page of one experiment: markdown with tables and figures, the command that made
+it, the machine and the wall time. Figures live in ``<output>/<experiment>/``, linked relatively.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def machine_description() -> str:
+    """CPU model, cores, memory, accelerator, and the versions that matter for the figures."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = ""
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        memory = f", {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB"
+    gpu = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+    return (f"{cpu}, {os.cpu_count()} cores{memory}, {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A number for a table: ``digits`` significant digits, ``-`` for missing."""
+    if value is None:
+        return "-"
+    if value != value:
+        return "nan"
+    return f"{value:.{digits}g}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table; cells are converted with ``str`` (format numbers first)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+class ResultPage:
+    """Collects sections of ``docs/results/<experiment>.md`` and writes them with a header."""
+
+    def __init__(self, experiment: str, title: str, output_dir: str | Path, command: str,
+                 profile: str, settings: dict[str, Any]) -> None:
+        self.experiment = experiment
+        self.title = title
+        self.output_dir = Path(output_dir)
+        self.figure_dir = self.output_dir / experiment
+        self.figure_dir.mkdir(parents=True, exist_ok=True)
+        self.command = command
+        self.profile = profile
+        self.settings = settings
+        self.sections: list[str] = []
+        self.links: list[str] = []
+
+    def figure_path(self, name: str) -> Path:
+        return self.figure_dir / name
+
+    def add(self, markdown: str) -> None:
+        self.sections.append(markdown.rstrip() + "\n")
+
+    def figure(self, path: str | Path, caption: str) -> str:
+        """Markdown for a figure written under :attr:`figure_dir` (a relative link)."""
+        rel = Path(path).resolve().relative_to(self.output_dir.resolve())
+        return f"![{caption}]({rel.as_posix()})\n\n*{caption}*\n"
+
+    def render(self, wall_seconds: float) -> str:
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        header = [
+            f"# {self.title}", "",
+            "Regenerate every number and figure on this page with:", "",
+            "```bash", self.command, "```", "",
+            f"- Profile: `{self.profile}`; finished {when}; wall time "
+            f"{wall_seconds / 60:.1f} min (the whole command, including simulation, training, "
+            "validation and MC references).",
+            f"- Machine: {machine_description()}.",
+            *self.links, "",
+        ]
+        settings = json.dumps(self.settings, indent=2, sort_keys=True)
+        footer = ["<details><summary>Settings of this run</summary>", "", "```json", settings,
+                  "```", "", "</details>", ""]
+        return "\n".join(header) + "\n" + "\n".join(self.sections) + "\n" + "\n".join(footer)
+
+    def write(self, wall_seconds: float) -> Path:
+        path = self.output_dir / f"{self.experiment}.md"
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(self.render(wall_seconds))
+        tmp.replace(path)  # a reader never sees half a page
+        return path
+
+    def files(self) -> list[Path]:
+        return sorted(self.figure_dir.glob("*.png"))
