@@ -31,7 +31,8 @@ TINY = {
                   "n_surrogate": 2000, "validation_samples": 500, "model.hidden_width": 16},
     "abc3d": {"n_train": 1000, "chunk_size": 500, "t_end": 0.1, "training.epochs": 2,
               "grid": 3, "grid_samples": 500, "reference_per_axis": 2,
-              "reference_samples": 500, "validation_samples": 500, "model.hidden_width": 16},
+              "reference_samples": 500, "validation_samples": 500, "model.hidden_width": 16,
+              "baseline_model.hidden_width": 8, "baseline_training.epochs": 1},
 }
 
 
@@ -108,3 +109,7 @@ def test_experiment_end_to_end(experiment, prefect_harness, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert f"{experiment}.md" in artifacts and experiment in artifacts
     assert run.data.tags.get("pipeline_run") or run.data.tags.get("pipeline_run.100")
+    if experiment == "abc3d":  # the quick profile's NSF baseline went through the pipeline too
+        assert run.data.tags["pipeline_run.baseline"] != run.data.tags["pipeline_run"]
+        assert "Surrogates side by side" in text and "baseline.grid.max_abs_error" in result[
+            "metrics"]

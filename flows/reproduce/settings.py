@@ -104,6 +104,11 @@ class AbcSettings(StudySettings):
                                    description="Goal: mean |error| on the references.")
     energy_goal: float = Field(1.5, gt=0, description="Goal: energy-distance ratio.")
     mc_seed: int = Field(3_000_017, ge=0, description="Seed of the MC reference sets.")
+    baseline_model: ModelConfig | None = Field(
+        None, description="A second surrogate trained and studied the same way for comparison "
+                          "(e.g. the zuko NSF); None: PRNF only.")
+    baseline_training: TrainConfig | None = Field(
+        None, description="Training settings of the baseline (default: those of the PRNF).")
 
     @model_validator(mode="after")
     def _subset_fits(self) -> AbcSettings:
@@ -127,8 +132,8 @@ PROFILES: dict[str, dict[str, StudySettings]] = {
     },
     "runaway2d": {
         "quick": RunawaySettings(
-            n_train=50_000, dtype="float32", model=ModelConfig(hidden_width=128),
-            training=TrainConfig(epochs=60, batch_size=512, lr=2e-3, progress=False)),
+            n_train=50_000, dtype="float32", model=ModelConfig(hidden_width=256, hidden_layers=3),
+            training=TrainConfig(epochs=150, batch_size=512, lr=2e-3, progress=False)),
         "paper": RunawaySettings(
             n_train=40_000, model=ModelConfig(preset="paper"), training=_paper_training(),
             n_mc=1_000_000),
@@ -137,7 +142,9 @@ PROFILES: dict[str, dict[str, StudySettings]] = {
         "quick": AbcSettings(
             n_train=40_000, model=ModelConfig(hidden_width=256),
             training=TrainConfig(epochs=200, batch_size=512, lr=2e-3, progress=False),
-            validation_samples=20_000),
+            validation_samples=20_000,
+            baseline_model=ModelConfig(architecture="nsf", hidden_width=128),
+            baseline_training=TrainConfig(epochs=60, batch_size=512, lr=2e-3, progress=False)),
         "paper": AbcSettings(
             n_train=40_000, model=ModelConfig(preset="paper"), training=_paper_training(),
             validation_samples=20_000, reference_per_axis=8),
@@ -167,8 +174,9 @@ def resolve_settings(experiment: str, profile: str, overrides: dict[str, Any]
         raise ValueError(f"experiment: {experiment!r} is not one of {sorted(PROFILES)}")
     base = PROFILES[experiment][profile].model_dump(mode="json")
     # A preset sets fields at validation time; drop it so that overrides of those fields win.
-    for section in ("model", "training"):
-        base[section].pop("preset", None)
+    for section in ("model", "training", "baseline_model", "baseline_training"):
+        if base.get(section):
+            base[section].pop("preset", None)
     for key, value in overrides.items():
         _set_dotted(base, key, value)
     return SETTINGS_CLASSES[experiment].model_validate(base)
