@@ -82,8 +82,14 @@ def mc_qoi(problem: str, stores: dict[str, str]) -> dict[str, dict[str, float]]:
 
 @task(name="plot-marginals")
 def plot_law_marginals(model_dir: str, problem: str, stores: dict[str, str],
-                       laws: dict[str, Any], out_dir: str, seed: int) -> dict[str, str]:
-    """2-D (and 1-D) marginals of surrogate vs MC for each law; law -> PNG path."""
+                       laws: dict[str, Any], out_dir: str, seed: int,
+                       tail_min: float | None = None) -> dict[str, list[str]]:
+    """2-D (or 1-D) marginals of surrogate vs MC for each law; law -> PNG paths.
+
+    With ``tail_min``, a second figure per law shows only the samples whose first coordinate
+    exceeds it (e.g. the runaway electrons, invisible next to the bulk), each set normalized on
+    its own: it compares shapes; the masses are the QoI table's business.
+    """
     sde = get_problem(problem)
     model = load_model(model_dir)
     model.eval()
@@ -94,6 +100,13 @@ def plot_law_marginals(model_dir: str, problem: str, stores: dict[str, str],
             with torch.no_grad():
                 _, sur = model.sample_initial(parse_initial(laws[law]), len(mc), seed=seed + i)
             plot = plots.plot_marginals_2d if sde.dim > 1 else plots.plot_marginals_1d
-            files[law] = str(plot(sur, mc, Path(out_dir) / f"marginals_{law}.png",
-                                  coord_names=list(sde.coord_names), title=law))
+            names = list(sde.coord_names)
+            files[law] = [str(plot(sur, mc, Path(out_dir) / f"marginals_{law}.png",
+                                   coord_names=names, title=law))]
+            if tail_min is not None:
+                s_tail, m_tail = sur[sur[:, 0] > tail_min], mc[mc[:, 0] > tail_min]
+                if len(s_tail) > 1 and len(m_tail) > 1:
+                    files[law].append(str(plot(
+                        s_tail, m_tail, Path(out_dir) / f"marginals_{law}_tail.png",
+                        coord_names=names, title=f"{law}: {names[0]} > {tail_min:g}")))
     return files
