@@ -113,3 +113,13 @@ def test_experiment_end_to_end(experiment, prefect_harness, tmp_path):
         assert run.data.tags["pipeline_run.baseline"] != run.data.tags["pipeline_run"]
         assert "Surrogates side by side" in text and "baseline.grid.max_abs_error" in result[
             "metrics"]
+
+
+@pytest.mark.parametrize("experiment", sorted(PROFILES))
+def test_committed_results_page_names_its_command_machine_and_figures(experiment):
+    page = Path(__file__).resolve().parents[1] / "docs" / "results" / f"{experiment}.md"
+    text = page.read_text()
+    assert f"prnf reproduce {experiment} --profile quick --output docs/results" in text
+    assert re.search(r"wall time \d+(\.\d+)? min", text) and "- Machine: " in text
+    figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert figures and all((page.parent / f).is_file() for f in figures)
