@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,11 +13,13 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import flows  # noqa: F401  (service defaults)
 from prnf_core.errors import PrnfError
+from prnf_core.paths import is_url
 
 app = typer.Typer(
     help="prnf: surrogate samplers for SDEs (simulate, train, validate, sample).",
@@ -27,17 +31,29 @@ out = Console()
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: a message quoting input such as "[nan]" must not be read as console markup
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem, each starting with the dotted field name."""
+    """One line per problem, each starting with the dotted field name.
+
+    prnf's own messages start with the field they are about (``prnf_core.errors``): one raised
+    by a whole section (``t_end: ...`` from ``dataset``) is joined to its location
+    (``dataset.t_end: ...``), one that repeats its field (``initial.kind: ...`` under
+    ``dataset.initial``) replaces it.
+    """
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(input)"
+        parts = [str(p) for p in err["loc"]]
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}")
+        if parts and msg.startswith((f"{parts[-1]}:", f"{parts[-1]}.")):
+            parts.pop()
+        if re.match(r"[a-z_][\w.]*: ", msg):
+            lines.append(".".join([*parts, msg]))
+        else:
+            lines.append(f"{'.'.join(parts) or '(input)'}: {msg}")
     return "\n  ".join(lines)
 
 
@@ -47,7 +63,10 @@ def _parse_kv(items: list[str] | None, option: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             _fail(f"{option}: expected KEY=VALUE, got {item!r}")
-        result[key] = yaml.safe_load(value)
+        try:
+            result[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            _fail(f"{option}: value of {key!r} is not valid YAML: {exc}")
     return result
 
 
@@ -56,10 +75,31 @@ def _load_yaml(path: Path | None) -> dict[str, Any]:
         return {}
     if not path.is_file():
         _fail(f"--config: no such file {str(path)!r}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        _fail(f"--config: {path} is not valid YAML: {exc}")
     if not isinstance(data, dict):
         _fail(f"--config: {path} must hold a mapping")
     return data
+
+
+def _section(raw: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
+    """A copy of the mapping ``raw[key]`` (empty when absent), for options to be merged into."""
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        _fail(f"{where}{key}: must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def _from_cwd(path: str | None) -> str | None:
+    """A relative path typed in a shell means the working directory; the flows would take it
+    under the data root (``prnf_core.paths``), so the CLI passes it on as an absolute path."""
+    if not path or is_url(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 @app.command()
@@ -137,14 +177,14 @@ def simulate(
 ) -> None:
     """Simulate a dataset of (x0, X_T) pairs into a chunked Zarr store (resumable)."""
     params = _load_yaml(config)
-    dataset = dict(params.get("dataset") or {})
+    dataset = _section(params, "dataset")
     overrides = {
         "problem": problem, "n_particles": n_particles, "chunk_size": chunk_size,
         "t_end": t_end, "dt": dt, "seed": seed, "dtype": dtype, "initial": initial,
     }
     dataset.update({k: v for k, v in overrides.items() if v is not None})
     if param:
-        dataset["problem_params"] = {**dataset.get("problem_params", {}),
+        dataset["problem_params"] = {**_section(dataset, "problem_params", "dataset."),
                                      **_parse_kv(param, "--param")}
     if save_times:
         try:
@@ -156,7 +196,9 @@ def simulate(
     params["dataset"] = dataset
     if out_path is not None:
         params["output"] = out_path
-    execution = dict(params.get("execution") or {})
+    if isinstance(params.get("output"), str):
+        params["output"] = _from_cwd(params["output"])
+    execution = _section(params, "execution")
     execution.update({k: v for k, v in {"workers": workers, "address": address}.items()
                       if v is not None})
     params["execution"] = execution
@@ -202,8 +244,8 @@ def train(
     from flows.train import TrainParams, train_flow
 
     raw = _load_yaml(config)
-    model = dict(raw.get("model") or {})
-    training = dict(raw.get("training") or {})
+    model = _section(raw, "model")
+    training = _section(raw, "training")
     model.update({k: v for k, v in {"architecture": architecture, "hidden_width": width,
                                     "hidden_layers": layers, "preset": preset}.items()
                   if v is not None})
@@ -216,6 +258,9 @@ def train(
         raw["data"] = data
     if out_dir is not None:
         raw["output"] = out_dir
+    for key in ("data", "output"):
+        if isinstance(raw.get(key), str):
+            raw[key] = _from_cwd(raw[key])
     summary = _start(TrainParams, train_flow, raw)
     out.print(f"model: {summary['model_dir']}")
     out.print(f"summary: {summary['model_dir']}/summary.json")
@@ -239,15 +284,14 @@ def sample(
     from flows.sample import SampleParams, sample_flow
 
     try:
-        params = SampleParams(model=model, initial=initial, n=n, out=str(out_file), seed=seed)
+        params = SampleParams(model=_from_cwd(model), initial=initial, n=n,
+                              out=_from_cwd(str(out_file)), seed=seed)
     except ValidationError as exc:
         _fail(format_validation_error(exc))
     try:
         result = sample_flow(params)
-    except (PrnfError, FileNotFoundError, OSError) as exc:
+    except (PrnfError, OSError) as exc:
         _fail(str(exc))
-    except Exception as exc:  # MLflow raises its own types for unknown models/aliases
-        _fail(f"model: cannot load {model!r}: {type(exc).__name__}: {str(exc)[:300]}")
     out.print(f"wrote {result['n']} samples of X_T (d={result['dim']}) to {result['out']} "
               f"in {result['seconds']:.2f} s")
 
@@ -265,11 +309,11 @@ def validate(
     from flows.validate import ValidateParams, validate_flow
 
     raw = _load_yaml(config)
-    raw["model"] = model
+    raw["model"] = _from_cwd(model)
     if n_samples is not None:
-        raw["validation"] = {**raw.get("validation", {}), "n_samples": n_samples}
+        raw["validation"] = {**_section(raw, "validation"), "n_samples": n_samples}
     if workers is not None:
-        raw["execution"] = {**raw.get("execution", {}), "workers": workers}
+        raw["execution"] = {**_section(raw, "execution"), "workers": workers}
     result = _start(ValidateParams, validate_flow, raw)
     table = Table("metric", "value", title=f"validation of {model}")
     for key, value in sorted(result["metrics"].items()):
@@ -340,13 +384,13 @@ def pipeline(
     raw.update({k: v for k, v in {"problem": problem, "n_train": n_train}.items()
                 if v is not None})
     if param:
-        raw["problem_params"] = {**raw.get("problem_params", {}), **_parse_kv(param, "--param")}
+        raw["problem_params"] = {**_section(raw, "problem_params"), **_parse_kv(param, "--param")}
     if epochs is not None:
-        raw["training"] = {**_default_training(), **raw.get("training", {}), "epochs": epochs}
+        raw["training"] = {**_default_training(), **_section(raw, "training"), "epochs": epochs}
     if architecture is not None:
-        raw["model"] = {**raw.get("model", {}), "architecture": architecture}
+        raw["model"] = {**_section(raw, "model"), "architecture": architecture}
     if workers is not None:
-        raw["execution"] = {**raw.get("execution", {}), "workers": workers}
+        raw["execution"] = {**_section(raw, "execution"), "workers": workers}
     _print_pipeline(_start_pipeline(raw))
 
 
@@ -368,10 +412,10 @@ def register(
     from flows.register import RegisterParams, register_flow
 
     sections = _load_yaml(config)
-    raw: dict[str, Any] = {"model_dir": model_dir,
+    raw: dict[str, Any] = {"model_dir": _from_cwd(model_dir),
                            **{k: sections[k] for k in ("validation", "execution") if k in sections}}
     if workers is not None:
-        raw["execution"] = {**(raw.get("execution") or {}), "workers": workers}
+        raw["execution"] = {**_section(raw, "execution"), "workers": workers}
     result = _start(RegisterParams, register_flow, raw)
     _print_pipeline(result)
 
@@ -393,7 +437,7 @@ def reproduce(
     from flows.reproduce import ReproduceParams, reproduce_flow
 
     raw: dict[str, Any] = {"experiment": experiment, "profile": profile,
-                           "overrides": _parse_kv(set_, "--set"), "output_dir": output,
+                           "overrides": _parse_kv(set_, "--set"), "output_dir": _from_cwd(output),
                            "use_registry": not no_registry}
     if workers is not None:
         raw["execution"] = {"workers": workers}
@@ -402,6 +446,23 @@ def reproduce(
               f"{'met' if result['goal_met'] else 'NOT met'}", highlight=False)
     out.print(f"page: {result['page']}; MLflow run {result['run_id']}; "
               f"{result['seconds'] / 60:.1f} min", highlight=False)
+
+
+@app.command()
+def repair(
+    store: Annotated[str, typer.Argument(help="Dataset store path.")],
+    workers: Annotated[int | None, typer.Option(help="Dask workers (default: in-process).")] = None,
+    wait: Annotated[float, typer.Option(
+        help="Seconds to wait for a run writing the store (default: refuse at once).")] = 0.0,
+) -> None:
+    """Verify every chunk of a dataset; re-simulate corrupt or missing ones (bit-identical)."""
+    from flows.repair import RepairParams, repair_flow, report_lines
+
+    raw: dict[str, Any] = {"store": _from_cwd(store), "lock_timeout": wait}
+    if workers is not None:
+        raw["execution"] = {"workers": workers}
+    for line in report_lines(_start(RepairParams, repair_flow, raw)):
+        out.print(line, highlight=False)
 
 
 @app.command()

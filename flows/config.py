@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prnf_core.cluster import ExecutionConfig
 from prnf_core.dataset import DatasetConfig
+from prnf_core.errors import ConfigError
 from prnf_core.initial import InitialSpec, parse_initial
 from prnf_core.models import ModelConfig
 from prnf_core.problems import default_test_laws, get_problem
@@ -48,7 +49,13 @@ class ValidationConfig(BaseModel):
             return None
         if not isinstance(value, dict) or not value:
             raise ValueError("must be a non-empty mapping of name -> initial-distribution spec")
-        return {str(k): parse_initial(v) for k, v in value.items()}
+        laws = {}
+        for name, spec in value.items():
+            try:
+                laws[str(name)] = parse_initial(spec)
+            except ConfigError as exc:  # "initial.kind: ..." -> "laws.<name>.kind: ..."
+                raise ValueError(f"laws.{name}{str(exc).removeprefix('initial')}") from None
+        return laws
 
     def resolved_laws(self, problem: str, params: dict[str, Any]) -> dict[str, InitialSpec]:
         if self.laws is not None:
@@ -125,3 +132,22 @@ class PipelineParams(BaseModel):
                              initial=law, n_particles=2 * self.validation.n_samples,
                              chunk_size=self.validation.chunk_size, t_end=self.t_end, dt=self.dt,
                              seed=self.validation.seed, dtype=self.dtype)
+
+
+def pipeline_for_model(source: str, /, **fields: Any) -> PipelineParams:
+    """The pipeline settings of a saved model (its recorded problem, horizon and dimension).
+
+    A model whose metadata does not fit its problem (another dimension, edited files) is a
+    :class:`ConfigError` naming the model and the fields, not a traceback from inside a flow.
+    """
+    try:
+        return PipelineParams(**fields)
+    except ValidationError as exc:
+        details = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            loc = ".".join(str(p) for p in err["loc"])
+            details.append(f"{loc}: {msg}" if loc else msg)  # model-level: names its fields
+        raise ConfigError(
+            f"model: {source!r} does not fit its recorded problem: {'; '.join(details)}"
+        ) from None

@@ -4,10 +4,19 @@ One MLflow parent run per pipeline run with child runs ``simulate``, ``train`` a
 ``validate``; the trained surrogate is logged as a pyfunc model, registered as
 ``prnf-<problem>`` with the alias ``challenger``, and promoted to ``champion`` only when it passes
 validation and beats the current champion on the same fresh test sets.
+
+Nothing computed is lost when the tracking server goes away mid-run. Training does not need
+it: if live metric logging fails on a dead server, training resumes from its last epoch
+checkpoint without live metrics. Any later MLflow call that fails the same way (after the
+bounded retries of :mod:`tasks.tracking`) ends the run with a
+:class:`~tasks.tracking.TrackingUnavailableError` naming what was kept: the complete dataset
+(reused by the next run with the same configuration) and the trained model directory, which
+``prnf register MODEL_DIR`` validates and registers once the server is back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -37,18 +46,61 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
     tracking.check_reachable(client)
     experiment = tracking.experiment_id(client, params.problem)
     parent = tracking.start_run(client, experiment, "pipeline")
+    kept: dict[str, str] = {}  # what is already on disk: "dataset", "model_dir"
     try:
-        result = _run(params, client, experiment, parent, logger)
-    except BaseException:
-        client.set_terminated(parent, "FAILED")
+        result = _run(params, client, experiment, parent, logger, kept)
+    except Exception as exc:
+        if tracking.is_unavailable(exc):
+            raise _tracking_lost(exc, parent, kept) from exc
+        with contextlib.suppress(Exception):
+            client.set_terminated(parent, "FAILED")
+        raise
+    except BaseException:  # interrupted: mark the run, but never mask the interruption
+        with contextlib.suppress(Exception):
+            client.set_terminated(parent, "FAILED")
         raise
     result["seconds"] = time.perf_counter() - started
-    tracking.log_metrics(client, parent, {"pipeline_seconds": result["seconds"]})
-    client.set_terminated(parent, "FINISHED")
+    try:
+        tracking.log_metrics(client, parent, {"pipeline_seconds": result["seconds"]})
+        client.set_terminated(parent, "FINISHED")
+    except Exception as exc:
+        if not tracking.is_unavailable(exc):
+            raise
+        # Everything is registered already: failing now would only prompt a duplicate.
+        logger.warning("MLflow run %s registered v%s but could not be marked FINISHED: the "
+                       "tracking server went away (%s)", parent, result["version"],
+                       type(exc).__name__)
     return result
 
 
-def _run(params: PipelineParams, client, experiment: str, parent: str, logger) -> dict[str, Any]:
+def _tracking_lost(exc: Exception, parent: str, kept: dict[str, str]
+                   ) -> tracking.TrackingUnavailableError:
+    """The error for a tracking server lost mid-run: what is kept, and how to finish the job."""
+    cause = exc if isinstance(exc, tracking.TrackingUnavailableError) else tracking.describe(exc)
+    parts = [f"MLflow tracking server {tracking.tracking_uri()} became unreachable during "
+             f"pipeline run {parent} (bounded retries spent; {cause})."]
+    if "dataset" in kept:
+        parts.append(f"Kept the dataset {kept['dataset']} ({_completeness(kept['dataset'])}; "
+                     "a run with the same configuration reuses it).")
+    if "model_dir" in kept:
+        parts.append(f"Kept the trained model directory {kept['model_dir']}: once the server "
+                     f"is back, run `prnf register {kept['model_dir']}` (with the pipeline's "
+                     "--config for the same validation settings) to validate and register it.")
+    else:
+        parts.append("No model was trained yet: run `prnf pipeline` again once the server is "
+                     "back.")
+    return tracking.TrackingUnavailableError(" ".join(parts))
+
+
+def _completeness(path: str) -> str:
+    try:
+        return "complete" if open_dataset(path).is_complete else "incomplete, resumable"
+    except Exception as exc:  # only decorates an error message
+        return f"not readable: {type(exc).__name__}"
+
+
+def _run(params: PipelineParams, client, experiment: str, parent: str, logger,
+         kept: dict[str, str]) -> dict[str, Any]:
     tracking.log_params(client, parent, params.model_dump(mode="json"))
     dataset_cfg = params.training_dataset()
 
@@ -56,6 +108,7 @@ def _run(params: PipelineParams, client, experiment: str, parent: str, logger) -
     with tracking.child_run(client, experiment, "simulate", parent) as run_id:
         prepared = prepare_dataset(dataset_cfg, None)
         sim = simulate_chunks(dataset_cfg, prepared["path"], params.execution)
+        kept["dataset"] = sim["path"]
         dataset = open_dataset(sim["path"])
         tracking.log_params(client, run_id, {"dataset": dataset_cfg.resolved()})
         tracking.set_tags(client, run_id, {"dataset_id": sim["dataset_id"],
@@ -75,8 +128,8 @@ def _run(params: PipelineParams, client, experiment: str, parent: str, logger) -
         tracking.log_params(client, run_id, {"model": params.model.model_dump(mode="json"),
                                              "training": params.training.model_dump(mode="json"),
                                              "dataset_id": sim["dataset_id"]})
-        summary = train_model(sim["path"], params.model, params.training, model_dir,
-                              tracking_run_id=run_id)
+        summary = _train(sim["path"], params, model_dir, run_id, logger)
+        kept["model_dir"] = model_dir
         tracking.log_metrics(client, run_id, {
             "best_val_nll": summary["best_val_nll"], "epochs_run": summary["epochs_run"],
             "train_seconds": summary["seconds"],
@@ -86,6 +139,30 @@ def _run(params: PipelineParams, client, experiment: str, parent: str, logger) -
         model_uri = log_surrogate(model_dir, run_id, dataset.load("x0")[:5])
     return validate_and_register(params, client, experiment, parent, model_dir, model_uri,
                                  train_seconds=summary["seconds"] + dataset.simulation_seconds())
+
+
+def _train(data: str, params: PipelineParams, model_dir: str, run_id: str, logger
+           ) -> dict[str, Any]:
+    """Train with live metrics in the MLflow run ``run_id``. If the tracking server stops
+    answering, resume from the last epoch checkpoint (model, optimizer and RNG state restored),
+    with live metrics again only if the server answers again, and at last without.
+    Training never fails for want of a tracking server: the model directory it leaves is what
+    ``prnf register`` needs."""
+    tracking_run_id: str | None = run_id
+    for attempt in range(3):
+        try:
+            return train_model(data, params.model, params.training, model_dir,
+                               tracking_run_id=tracking_run_id)
+        except Exception as exc:
+            if tracking_run_id is None or not tracking.is_unavailable(exc):
+                raise
+            live = attempt == 0 and tracking.reachable()
+            logger.warning("live metric logging failed (tracking server %s: %s); resuming "
+                           "training from the last checkpoint in %s %s", tracking.tracking_uri(),
+                           tracking.describe(exc), model_dir,
+                           "(the server answers again)" if live else "without live metrics")
+            tracking_run_id = run_id if live else None
+    raise AssertionError("unreachable: the last attempt trains without tracking")
 
 
 def validate_and_register(params: PipelineParams, client, experiment: str, parent: str,

@@ -6,32 +6,43 @@ was down): the dataset and the model directory are kept, and this flow completes
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from flows.config import CheckParams, PipelineParams
+from flows.config import CheckParams, pipeline_for_model
 from flows.pipeline import validate_and_register
 from prnf_core.dataset import open_dataset
+from prnf_core.errors import ConfigError
 from prnf_core.models import load_metadata
+from prnf_core.paths import resolve_path
 from tasks import tracking
 from tasks.pyfunc import log_surrogate
 
 
 class RegisterParams(CheckParams):
-    model_dir: str = Field(description="A model directory written by the train flow.")
+    model_dir: str = Field(description="A model directory written by the train flow (a relative "
+                                       "path is taken under the data root).")
+
+    @field_validator("model_dir")
+    @classmethod
+    def _confine(cls, value: str) -> str:
+        return resolve_path(value, "model_dir")
 
 
 @flow(name="register", log_prints=True)
 def register_flow(params: RegisterParams) -> dict[str, Any]:
+    if not (Path(params.model_dir) / "config.json").is_file():
+        raise ConfigError(f"model_dir: no model (config.json) in {params.model_dir!r}")
     meta = load_metadata(params.model_dir)
     problem = meta["problem"]["name"]
     cfg = meta["dataset_config"]
-    pipeline = PipelineParams(problem=problem, problem_params=cfg["problem_params"],
-                              t_end=cfg["t_end"], dt=cfg["dt"], dtype=cfg["dtype"],
-                              validation=params.validation, execution=params.execution,
-                              model=meta["model"])
+    pipeline = pipeline_for_model(params.model_dir, problem=problem,
+                                  problem_params=cfg["problem_params"], t_end=cfg["t_end"],
+                                  dt=cfg["dt"], dtype=cfg["dtype"], validation=params.validation,
+                                  execution=params.execution, model=meta["model"])
     client = tracking.configure()
     tracking.check_reachable(client)
     experiment = tracking.experiment_id(client, problem)

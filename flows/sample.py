@@ -10,17 +10,20 @@ import numpy as np
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from prnf_core.errors import ConfigError
+from prnf_core.errors import ConfigError, PrnfError
 from prnf_core.initial import InitialSpec, parse_initial
+from prnf_core.paths import is_url, resolve_path
 
 
 class SampleParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="models:/NAME@alias, models:/NAME/VERSION, runs:/... or a dir.")
+    model: str = Field(description="models:/NAME@alias, models:/NAME/VERSION, runs:/... or a dir "
+                                   "(a relative dir is taken under the data root).")
     initial: InitialSpec = Field(description="Initial distribution of x0.")
     n: int = Field(10_000, gt=0, description="Number of samples.")
-    out: str = Field("samples.npy", description="Output file: .npy or .zarr.")
+    out: str = Field("samples.npy", description="Output file: .npy or .zarr; a relative path is "
+                                                "taken under the data root and may not leave it.")
     seed: int = Field(0, ge=0, description="Seed of x0 and of the surrogate noise.")
 
     @field_validator("initial", mode="before")
@@ -28,12 +31,41 @@ class SampleParams(BaseModel):
     def _parse(cls, value: Any) -> Any:
         return parse_initial(value)
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        return resolve_path(value, "model")
+
     @field_validator("out")
     @classmethod
-    def _suffix(cls, value: str) -> str:
+    def _out(cls, value: str) -> str:
         if Path(value).suffix not in (".npy", ".zarr"):
             raise ValueError(f"must end in .npy or .zarr, got {value!r}")
-        return value
+        return resolve_path(value, "out")
+
+
+def load_model_param(model: str) -> Any:
+    """Load the surrogate a ``model`` parameter names, as a :class:`ConfigError` if it cannot be.
+
+    A local directory holds a model saved by the train flow or an MLflow model (``MLmodel``).
+    MLflow is configured only for a URI: a local model directory is read without creating the
+    tracking store, so a refused request leaves nothing behind under the data root.
+    """
+    from tasks.pyfunc import load_surrogate
+    from tasks.tracking import configure
+
+    if is_url(model):
+        configure()
+    elif not any((Path(model) / name).is_file() for name in ("config.json", "MLmodel")):
+        raise ConfigError(f"model: no saved model (config.json + weights.pt, or an MLflow "
+                          f"MLmodel) in {model!r}")
+    try:
+        return load_surrogate(model)
+    except PrnfError:
+        raise
+    except Exception as exc:  # MLflow raises its own types for unknown models and aliases
+        raise ConfigError(f"model: cannot load {model!r}: {type(exc).__name__}: "
+                          f"{str(exc)[:300]}") from exc
 
 
 def write_samples(path: str, x0: np.ndarray, xT: np.ndarray, attrs: dict[str, Any]) -> None:
@@ -56,11 +88,7 @@ def write_samples(path: str, x0: np.ndarray, xT: np.ndarray, attrs: dict[str, An
 @flow(name="sample", log_prints=True)
 def sample_flow(params: SampleParams) -> dict[str, Any]:
     """Draw x0 from the initial law and push each through the surrogate's generator."""
-    from tasks.pyfunc import load_surrogate
-    from tasks.tracking import configure
-
-    configure()
-    surrogate = load_surrogate(params.model)
+    surrogate = load_model_param(params.model)
     if params.initial.dim != surrogate.model.dim:
         raise ConfigError(f"initial: spec has dimension {params.initial.dim} but model "
                           f"{params.model!r} has dimension {surrogate.model.dim}")

@@ -6,36 +6,46 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from flows.config import CheckParams, PipelineParams
-from prnf_core.paths import data_root
+from flows.config import CheckParams, pipeline_for_model
+from flows.sample import load_model_param
+from prnf_core.errors import ConfigError
+from prnf_core.paths import data_root, resolve_path
 from tasks import tracking
 from tasks.validate import simulate_test_sets, validate_surrogate
 
 
 class ValidateParams(CheckParams):
-    model: str = Field(description="models:/NAME@alias, models:/NAME/VERSION, runs:/... or a dir.")
+    model: str = Field(description="models:/NAME@alias, models:/NAME/VERSION, runs:/... or a dir "
+                                   "(a relative dir is taken under the data root).")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        return resolve_path(value, "model")
 
 
 @flow(name="validate", log_prints=True)
 def validate_flow(params: ValidateParams) -> dict[str, Any]:
     """Fresh MC test sets for the model's problem, metrics, plots; logged to MLflow."""
-    from tasks.pyfunc import load_surrogate
-
-    client = tracking.configure()
-    surrogate = load_surrogate(params.model)
+    surrogate = load_model_param(params.model)
     meta = surrogate.metadata
     problem = meta["problem"]["name"]
     problem_params = meta["problem"]["params"]
+    laws = params.validation.resolved_laws(problem, problem_params)
+    for name, law in laws.items():
+        if law.dim != surrogate.model.dim:
+            raise ConfigError(f"validation.laws.{name}: spec has dimension {law.dim} but model "
+                              f"{params.model!r} has dimension {surrogate.model.dim}")
     horizon = {"t_end": meta["problem"]["t_end"], "dt": meta["problem"]["dt"]}
     dataset_cfg = meta.get("dataset_config") or {}
-    pipeline = PipelineParams(problem=problem, problem_params=problem_params,
-                              t_end=dataset_cfg.get("t_end", horizon["t_end"]),
-                              dt=dataset_cfg.get("dt", horizon["dt"]),
-                              validation=params.validation, execution=params.execution,
-                              model={"dim": surrogate.model.dim})
-    laws = params.validation.resolved_laws(problem, problem_params)
+    pipeline = pipeline_for_model(params.model, problem=problem, problem_params=problem_params,
+                                  t_end=dataset_cfg.get("t_end", horizon["t_end"]),
+                                  dt=dataset_cfg.get("dt", horizon["dt"]),
+                                  validation=params.validation, execution=params.execution,
+                                  model={"dim": surrogate.model.dim})
+    client = tracking.configure()
     experiment = tracking.experiment_id(client, problem)
     with tracking.child_run(client, experiment, "validate", None,
                             tags={"model": params.model}) as run_id:

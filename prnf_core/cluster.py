@@ -89,6 +89,13 @@ def dask_client(execution: ExecutionConfig) -> Iterator[Any | None]:
             raise ConfigError(
                 f"cluster_class: cannot import {execution.cluster_class!r}: {exc}"
             ) from exc
+        from distributed.deploy import Cluster
+
+        # A flow parameter names it: only a Dask cluster class may be called, never any callable
+        # (``os.system`` with ``cluster_kwargs={"command": ...}`` would run a shell command).
+        if not (isinstance(cluster_cls, type) and issubclass(cluster_cls, Cluster)):
+            raise ConfigError(f"cluster_class: {execution.cluster_class!r} is not a Dask cluster "
+                              "class (a subclass of distributed.deploy.Cluster)")
         cluster = cluster_cls(**execution.cluster_kwargs)
         cluster.scale(max(execution.resolved_workers(), 1))
     else:
@@ -102,7 +109,9 @@ def dask_client(execution: ExecutionConfig) -> Iterator[Any | None]:
                 n_workers=execution.resolved_workers(),
                 threads_per_worker=execution.threads_per_worker,
                 processes=True,
-                dashboard_address=":0",  # a free port: never collides with another cluster
+                # A free port on the loopback interface: never collides with another cluster and
+                # is not exposed (":0" alone binds the dashboard to every interface).
+                dashboard_address="127.0.0.1:0",
                 silence_logs=logging.WARNING,
             )
     environ = dict(os.environ)

@@ -10,12 +10,17 @@ One Zarr group per dataset::
       snapshots (k, n, d)  states at config.save_times (only when asked)
       chunk_done (n_chunks,) uint8, one Zarr chunk per entry: 1 once a chunk's data is written
       chunk_seconds (n_chunks,) float64: each chunk's simulation time (for cost reports)
+      x0_checksum, xT_checksum, snapshots_checksum (n_chunks,) uint64, one Zarr chunk per entry:
+                           each chunk's digest, recorded before chunk_done (prnf_core.integrity)
 
 Every simulation chunk is one Zarr chunk of each array and has exactly one writer, so parallel
 writers never share a file (no sharding: parallel writes into one shard lose data). Completion is
 recorded explicitly in ``chunk_done`` after the data, never inferred from chunk existence, and
 ``complete`` is set only when every chunk is done: a killed run leaves a store that reads as
-incomplete and whose missing chunks a re-run fills.
+incomplete and whose missing chunks a re-run fills. Reads verify the recorded checksums and fail
+with :class:`~prnf_core.errors.CorruptChunkError` on damaged chunks; ``prnf repair`` (or any
+re-run) re-simulates them. The checksum arrays were added without a schema bump: older prnf
+versions ignore them, and stores without them still read (see :mod:`prnf_core.integrity`).
 
 Randomness: chunk ``i`` uses ``SeedSequence(seed, spawn_key=(i,))`` (the i-th child of
 ``SeedSequence(seed)``) for both its initial states and its noise, so a dataset is bit-identical
@@ -42,8 +47,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from prnf_core import __version__
-from prnf_core.errors import DatasetMismatchError, IncompleteDatasetError
+from prnf_core.errors import CorruptChunkError, DatasetMismatchError, IncompleteDatasetError
 from prnf_core.initial import InitialSpec, Uniform, parse_initial
+from prnf_core.integrity import (
+    checksum_name,
+    chunk_fault,
+    chunk_region,
+    create_checksum_arrays,
+    digest,
+    find_corrupt,
+    read_fault,
+)
 from prnf_core.problems import get_problem
 from prnf_core.sde import SDE
 from prnf_core.simulate import DType, save_steps, simulate, step_count
@@ -202,7 +216,7 @@ class Dataset:
     # -- writing ------------------------------------------------------------------------------
     def write_chunk(self, index: int, x0: np.ndarray, xT: np.ndarray,
                     snapshots: np.ndarray | None, seconds: float = float("nan")) -> None:
-        """Write one chunk's arrays, then mark it done (the marker is written last).
+        """Write one chunk's arrays and their checksums, then mark it done (the marker last).
 
         ``seconds`` is the chunk's simulation time, kept for cost reports.
         """
@@ -213,12 +227,20 @@ class Dataset:
                 raise ValueError(f"{name}: chunk {index} needs shape {(stop - start, self.dim)}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"{name}: chunk {index} holds non-finite values; not written")
-        self.group["x0"][start:stop] = x0
-        self.group["xT"][start:stop] = xT
-        if snapshots is not None:
-            self.group["snapshots"][:, start:stop] = snapshots
+        for name, arr in (("x0", x0), ("xT", xT), ("snapshots", snapshots)):
+            if arr is None:
+                continue
+            stored = np.asarray(arr, dtype=self.group[name].dtype)  # hash what is stored
+            self.group[name][chunk_region(name, start, stop)] = stored
+            if checksum_name(name) in self.group:  # absent only in stores of older versions
+                self.group[checksum_name(name)][index] = digest(stored)
         self.group["chunk_seconds"][index] = seconds
         self.group["chunk_done"][index] = 1
+
+    def mark_not_done(self, indices: list[int]) -> None:
+        """Forget chunks (e.g. corrupt ones) so that the next run re-simulates them."""
+        for index in indices:
+            self.group["chunk_done"][index] = 0
 
     def simulation_seconds(self) -> float:
         """Total single-worker simulation time of the done chunks (the cost of the data)."""
@@ -235,6 +257,16 @@ class Dataset:
             self.group.attrs[ATTR_KEY] = meta
         return True
 
+    # -- verifying ----------------------------------------------------------------------------
+    def verify(self) -> list[int]:
+        """Indices of the done chunks whose stored data fails verification (reads every one)."""
+        return sorted(find_corrupt(self))
+
+    def _raise_if_corrupt(self, name: str, loaded: np.ndarray | None = None) -> None:
+        faults = find_corrupt(self, [name], loaded)
+        if faults:
+            raise CorruptChunkError(self.path, faults)
+
     # -- reading ------------------------------------------------------------------------------
     def _require_complete(self, allow_partial: bool) -> None:
         if not allow_partial and not self.is_complete:
@@ -246,18 +278,39 @@ class Dataset:
 
     def load(self, name: Literal["x0", "xT", "snapshots"] = "xT",
              allow_partial: bool = False) -> np.ndarray:
-        """A whole array as numpy (only complete datasets unless ``allow_partial``)."""
+        """A whole array as numpy (only complete datasets unless ``allow_partial``).
+
+        Raises:
+            CorruptChunkError: a done chunk cannot be decoded or differs from what was written
+                (the chunks are named; ``prnf repair`` fixes them).
+        """
         self._require_complete(allow_partial)
         if name not in self.group:
             raise KeyError(f"array {name!r} not in dataset; has {sorted(self.group.array_keys())}")
-        return self.group[name][:]
+        try:
+            data = self.group[name][:]
+        except Exception:  # a chunk that does not decode: name it (chunk by chunk) if we can
+            self._raise_if_corrupt(name)
+            raise
+        self._raise_if_corrupt(name, data)
+        return data
 
     def to_dask(self, name: Literal["x0", "xT", "snapshots"] = "xT"):
-        """A lazily loaded dask array with the store's chunking."""
+        """A lazily loaded dask array, one block per chunk, each verified when it is computed."""
         import dask.array as da
+        from dask import delayed
 
         self._require_complete(False)
-        return da.from_zarr(self.group[name])
+        array = self.group[name]
+        axis = 1 if name == "snapshots" else 0
+        blocks = []
+        for index in range(self.config.n_chunks):
+            start, stop = self.config.chunk_bounds(index)
+            shape = list(array.shape)
+            shape[axis] = stop - start
+            block = delayed(read_verified_chunk, pure=True)(self.path, name, index, start, stop)
+            blocks.append(da.from_delayed(block, shape=tuple(shape), dtype=array.dtype))
+        return da.concatenate(blocks, axis=axis)
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """Training pairs ``(x0, xT)`` as numpy arrays."""
@@ -302,6 +355,8 @@ def create_dataset(config: DatasetConfig, path: str | Path) -> Dataset:
                        fill_value=0, compressors=None)
     group.create_array("chunk_seconds", shape=(config.n_chunks,), chunks=(1,), dtype="float64",
                        fill_value=np.nan, compressors=None)
+    create_checksum_arrays(group, ["x0", "xT"] + (["snapshots"] if config.save_times else []),
+                           config.n_chunks)
     # Attributes last: a store without them is not yet a dataset and is recreated cleanly.
     group.attrs[ATTR_KEY] = {
         "schema_version": SCHEMA_VERSION,
@@ -364,6 +419,20 @@ def open_dataset(path: str | Path) -> Dataset:
     if group is None:
         raise IncompleteDatasetError(f"{path} is an empty store, not (yet) a prnf dataset")
     return Dataset(path, group)
+
+
+def read_verified_chunk(path: str, name: str, index: int, start: int, stop: int) -> np.ndarray:
+    """Chunk ``index`` (rows ``start:stop``) of array ``name``, verified (what to_dask runs)."""
+    group = _open_group(path, "r")
+    key = checksum_name(name)
+    try:
+        data = group[name][chunk_region(name, start, stop)]
+    except Exception as exc:  # Blosc/Zarr decode errors vary by codec and damage
+        raise CorruptChunkError(path, {index: f"{name} {read_fault(exc)}"}) from exc
+    fault = chunk_fault(data, int(group[key][index]) if key in group else None)
+    if fault:
+        raise CorruptChunkError(path, {index: f"{name} {fault}"})
+    return data
 
 
 def simulate_and_write_chunk(path: str, index: int, device: str | None = None,

@@ -38,3 +38,64 @@ class DatasetMismatchError(ConfigError):
 
 class IncompleteDatasetError(PrnfError):
     """A store is missing chunks; re-run the simulation to fill them."""
+
+
+class InsufficientDiskSpaceError(PrnfError, OSError):
+    """A store's estimated size exceeds the free space of its filesystem; nothing was written."""
+
+    def __init__(self, path: str, needed: int, free: int, checked: str) -> None:
+        self.path, self.needed, self.free, self.checked = path, needed, free, checked
+        super().__init__(
+            f"output: not enough disk space for {path}: writing it needs up to "
+            f"{format_bytes(needed)} ({needed} bytes, uncompressed upper bound) but the "
+            f"filesystem of {checked} has {format_bytes(free)} ({free} bytes) free. Free space, "
+            "choose another output path, or simulate fewer particles or in float32."
+        )
+
+    def __reduce__(self):  # picklable (Prefect and Dask may copy exceptions) with all fields
+        return (InsufficientDiskSpaceError, (self.path, self.needed, self.free, self.checked))
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes in decimal units for messages, e.g. ``480 TB``."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if value < 1000 or unit == "PB":
+            break
+        value /= 1000
+    return f"{value:.3g} {unit}"
+
+
+class CorruptChunkError(PrnfError):
+    """Stored chunks fail verification (unreadable, or not the bytes written); repair re-simulates
+    them. ``faults`` maps each chunk index to what is wrong with it."""
+
+    def __init__(self, path: str, faults: dict[int, str]) -> None:
+        self.path, self.faults, self.chunks = path, dict(faults), sorted(faults)
+        shown = "; ".join(f"chunk {i}: {faults[i]}" for i in self.chunks[:5])
+        more = f"; and {len(self.chunks) - 5} more" if len(self.chunks) > 5 else ""
+        super().__init__(
+            f"dataset {path}: {len(self.chunks)} corrupt chunk(s) {self.chunks} ({shown}{more}); "
+            f"run `prnf repair {path}` to re-simulate them"
+        )
+
+    def __reduce__(self):  # picklable across Dask workers with all fields
+        return (CorruptChunkError, (self.path, self.faults))
+
+
+class StoreLockedError(PrnfError):
+    """Another run holds the writer lock of a dataset store."""
+
+    def __init__(self, path: str, holder: dict, waited: float) -> None:
+        self.path, self.holder, self.waited = path, dict(holder), waited
+        who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+               f"started {holder.get('started', '?')}") if holder else "a run just starting"
+        after = f" (waited {waited:g} s)" if waited else ""
+        super().__init__(
+            f"output: {path} is being written by another run ({who}){after}; two runs must not "
+            "write one dataset at once. Wait for it to finish (a re-run then only verifies the "
+            "store), or stop it and re-run to resume."
+        )
+
+    def __reduce__(self):
+        return (StoreLockedError, (self.path, self.holder, self.waited))

@@ -1,11 +1,24 @@
-"""The data root: where datasets, models and the embedded MLflow store live by default."""
+"""The data root, and where path parameters are allowed to point.
+
+Path rule: a *relative* path given to a flow (Prefect UI, deployment, YAML) is taken relative to
+the data root and must stay inside it once symlinks and ``..`` are resolved, so a form field
+cannot write (or read) elsewhere on the worker's disk. An absolute path, a ``~`` path or a URL
+(``scheme:/...``: ``s3://``, ``models:/``, ``runs:/``) is an explicit choice and is used as
+given. The ``prnf`` CLI turns relative paths into absolute ones against the working directory
+first, which is what a shell user means.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+from prnf_core.errors import ConfigError
+
 DATA_ROOT_ENV = "PRNF_DATA_ROOT"
+# Two or more scheme characters, so that a Windows drive letter ("C:/...") is not a URL.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 
 
 def data_root() -> Path:
@@ -15,3 +28,33 @@ def data_root() -> Path:
 
 def default_dataset_path(problem: str, dataset_id: str) -> Path:
     return data_root() / "datasets" / f"{problem}-{dataset_id}.zarr"
+
+
+def is_url(value: str) -> bool:
+    """Whether ``value`` starts with a URL scheme (``s3://``, ``http://``, ``models:/``)."""
+    return bool(_URL.match(value))
+
+
+def resolve_path(value: str | Path, field: str) -> str:
+    """The path a parameter ``field`` designates, following the path rule of this module.
+
+    Raises:
+        ConfigError: ``value`` is empty, or relative and resolves outside the data root (``..``
+            or a symlink pointing out of it); the message names ``field``.
+    """
+    text = str(value)
+    if not text.strip():
+        raise ConfigError(f"{field}: must not be empty")
+    if is_url(text):
+        return text
+    path = Path(text).expanduser()
+    if path.is_absolute():
+        return str(path)
+    root = data_root()
+    resolved = (root / path).resolve()
+    if not resolved.is_relative_to(root):
+        raise ConfigError(
+            f"{field}: relative path {text!r} resolves outside the data root {root}; "
+            "relative paths must stay inside it (give an absolute path to write elsewhere)"
+        )
+    return str(resolved)

@@ -5,6 +5,11 @@ Chunks are submitted to a ``distributed.Client`` as plain functions
 worker. No Prefect code runs on the workers, which is what keeps a run on embedded defaults from
 starting a temporary Prefect server in every worker process (``shared/stack-notes.md``).
 
+The coordinating process holds the store's writer lock for the whole run (the workers write
+chunks under it), and verifies the chunks already done before adding more: corrupt ones are
+marked not done and re-simulated with the rest, bit-identical thanks to the per-chunk seeds
+(:mod:`prnf_core.integrity`). Reading the done chunks once is the price of that check.
+
 >>> import tempfile
 >>> from prnf_core.dataset import DatasetConfig
 >>> from prnf_core.runner import run_dataset
@@ -16,13 +21,23 @@ starting a temporary Prefect server in every worker process (``shared/stack-note
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from prnf_core.dataset import DatasetConfig, create_dataset, simulate_and_write_chunk
+from prnf_core.dataset import (
+    Dataset,
+    DatasetConfig,
+    create_dataset,
+    open_dataset,
+    simulate_and_write_chunk,
+)
+from prnf_core.integrity import audit, store_lock
+
+logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]  # (chunks finished, chunks to run)
 
@@ -37,6 +52,8 @@ class RunSummary:
     n_chunks: int
     chunks_simulated: int
     chunks_already_done: int
+    chunks_repaired: int  # done chunks that failed verification and were re-simulated
+    corruption: list[str]  # what was wrong with each of them, "chunk 3: xT checksum mismatch"
     complete: bool
     seconds: float
     simulate_seconds: float
@@ -53,8 +70,9 @@ def run_dataset(
     progress: ProgressCallback | None = None,
     device: str | None = None,
     torch_threads: int | None = None,
+    lock_timeout: float = 0.0,
 ) -> RunSummary:
-    """Create (or reopen) the store and simulate its missing chunks.
+    """Create (or reopen) the store, re-simulate its corrupt chunks and simulate its missing ones.
 
     Args:
         config: The dataset configuration.
@@ -63,10 +81,52 @@ def run_dataset(
         progress: Called with (finished, total) after each chunk.
         device: Torch device for the simulation (default: CUDA when present).
         torch_threads: Threads per chunk (default: torch's; 1 per Dask worker is typical).
+        lock_timeout: Seconds to wait while another run writes the store; default 0 refuses at
+            once (see :func:`~prnf_core.integrity.store_lock`).
+
+    Raises:
+        StoreLockedError: another run holds the store's writer lock.
     """
     started = time.perf_counter()
-    dataset = create_dataset(config, path)
-    missing = dataset.missing_chunks()
+    with store_lock(path, timeout=lock_timeout):
+        dataset = create_dataset(config, path)
+        corrupt = audit(dataset)
+        if corrupt:
+            logger.warning("dataset %s: %d corrupt chunk(s) %s will be re-simulated: %s",
+                           dataset.path, len(corrupt), sorted(corrupt), corrupt)
+            dataset.mark_not_done(sorted(corrupt))
+        missing = dataset.missing_chunks()
+        results = _run_chunks(dataset, missing, client, progress, device, torch_threads)
+        complete = dataset.finalize()
+    return RunSummary(
+        path=dataset.path,
+        dataset_id=dataset.dataset_id,
+        n_particles=config.n_particles,
+        n_chunks=config.n_chunks,
+        chunks_simulated=sum(not r["skipped"] for r in results),
+        chunks_already_done=config.n_chunks - len(missing),
+        chunks_repaired=len(corrupt),
+        corruption=[f"chunk {index}: {reason}" for index, reason in sorted(corrupt.items())],
+        complete=complete,
+        seconds=time.perf_counter() - started,
+        simulate_seconds=sum(r["seconds"] - r.get("write_seconds", 0.0) for r in results),
+        write_seconds=sum(r.get("write_seconds", 0.0) for r in results),
+    )
+
+
+def repair_dataset(path: str | Path, **kwargs: Any) -> RunSummary:
+    """Verify every chunk of the store at ``path``; re-simulate the corrupt and missing ones.
+
+    A :func:`run_dataset` with the stored config (keyword arguments are passed on), so the
+    repaired chunks are bit-identical to the lost ones. Raises ``FileNotFoundError`` when there
+    is no store at ``path``.
+    """
+    return run_dataset(open_dataset(path).config, path, **kwargs)
+
+
+def _run_chunks(dataset: Dataset, missing: list[int], client: Any | None,
+                progress: ProgressCallback | None, device: str | None,
+                torch_threads: int | None) -> list[dict[str, Any]]:
     total = len(missing)
     results: list[dict[str, Any]] = []
     if progress:
@@ -85,7 +145,7 @@ def run_dataset(
         token = uuid.uuid4().hex[:12]
         futures = [
             client.submit(simulate_and_write_chunk, dataset.path, index, device, torch_threads,
-                          key=f"prnf-chunk-{config.dataset_id()}-{index}-{token}", pure=False)
+                          key=f"prnf-chunk-{dataset.dataset_id}-{index}-{token}", pure=False)
             for index in missing
         ]
         try:
@@ -96,16 +156,4 @@ def run_dataset(
         finally:
             for future in futures:
                 future.cancel()
-    complete = dataset.finalize()
-    return RunSummary(
-        path=dataset.path,
-        dataset_id=dataset.dataset_id,
-        n_particles=config.n_particles,
-        n_chunks=config.n_chunks,
-        chunks_simulated=sum(not r["skipped"] for r in results),
-        chunks_already_done=config.n_chunks - total,
-        complete=complete,
-        seconds=time.perf_counter() - started,
-        simulate_seconds=sum(r["seconds"] - r.get("write_seconds", 0.0) for r in results),
-        write_seconds=sum(r.get("write_seconds", 0.0) for r in results),
-    )
+    return results

@@ -9,20 +9,27 @@ from prefect.logging import get_run_logger
 
 from prnf_core.cluster import ExecutionConfig, dask_client
 from prnf_core.dataset import DatasetConfig, create_dataset
+from prnf_core.errors import format_bytes
 from prnf_core.paths import default_dataset_path
 from prnf_core.runner import run_dataset
+from prnf_core.storage import check_disk_space
 from tasks.progress import Reporter
 
 
 @task(name="prepare-dataset")
 def prepare_dataset(config: DatasetConfig, output: str | None = None) -> dict[str, Any]:
-    """Create the store (or reopen it with the same config); report what is left to do."""
+    """Create the store (or reopen it with the same config); report what is left to do.
+
+    Refuses with :class:`~prnf_core.errors.InsufficientDiskSpaceError`, before creating
+    anything, when the chunks still to write cannot fit on the target filesystem.
+    """
     path = output or str(default_dataset_path(config.problem, config.dataset_id()))
+    needed = check_disk_space(config, path)
     dataset = create_dataset(config, path)
     missing = dataset.missing_chunks()
     get_run_logger().info(
-        "dataset %s at %s: %d of %d chunks to simulate",
-        dataset.dataset_id, path, len(missing), config.n_chunks,
+        "dataset %s at %s: %d of %d chunks to simulate (up to %s on disk)",
+        dataset.dataset_id, path, len(missing), config.n_chunks, format_bytes(needed),
     )
     return {"path": path, "dataset_id": dataset.dataset_id, "missing": len(missing),
             "n_chunks": config.n_chunks}
@@ -48,7 +55,8 @@ def simulate_chunks(config: DatasetConfig, path: str,
             progress=Reporter(f"simulate {config.problem} (chunks)", key=None),
         )
     logger.info(
-        "simulated %d chunks (%d already done) in %.1f s; complete=%s",
-        summary.chunks_simulated, summary.chunks_already_done, summary.seconds, summary.complete,
+        "simulated %d chunks (%d already done, %d corrupt ones re-simulated) in %.1f s; "
+        "complete=%s", summary.chunks_simulated, summary.chunks_already_done,
+        summary.chunks_repaired, summary.seconds, summary.complete,
     )
     return summary.as_dict()

@@ -7,6 +7,11 @@
 
 Runs are addressed by id through :class:`mlflow.MlflowClient`, not the fluent "active run",
 because Prefect runs tasks in worker threads where the fluent run stack is not shared.
+
+A server that stops answering costs each MLflow call a bounded time (``_RETRY_ENV``: 3 retries
+with 0 + 2 + 4 s of back-off plus up to 1 s of jitter each, i.e. ~6-9 s when connections are
+refused; 20 s per attempt when a hung server accepts them but never answers), after which the
+call raises; :func:`is_unavailable` tells such a failure from an ordinary MLflow error.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import requests
+import urllib3
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
@@ -118,9 +125,12 @@ def child_run(client: MlflowClient, experiment: str, name: str, parent_run_id: s
     run_id = start_run(client, experiment, name, parent_run_id, tags)
     try:
         yield run_id
-    except BaseException:
-        with contextlib.suppress(Exception):
-            client.set_terminated(run_id, "FAILED")
+    except BaseException as exc:
+        # Marking the run FAILED on a server that just refused a connection would only add
+        # another round of retries to the failure.
+        if not _connection_failure(exc):
+            with contextlib.suppress(Exception):
+                client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
 
@@ -148,3 +158,68 @@ def check_reachable(client: MlflowClient) -> None:
             f"MLflow tracking server {tracking_uri()} is unreachable after bounded retries: "
             f"{type(exc).__name__}: {str(exc)[:300]}"
         ) from exc
+
+
+# Exceptions meaning "the tracking server did not answer", wherever MLflow wraps them: its REST
+# client raises ``MlflowException("API request to ... failed with exception ...")`` while handling
+# the requests/urllib3 error, which stays in the chain as ``__context__``.
+# Only the HTTP libraries' own types: a builtin ConnectionError/TimeoutError may as well come
+# from a Dask cluster during the simulation.
+_CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                      urllib3.exceptions.MaxRetryError, urllib3.exceptions.ProtocolError)
+
+
+_TRACKING_ERRORS = (mlflow.exceptions.MlflowException, requests.RequestException)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _connection_failure(exc: BaseException) -> bool:
+    return any(isinstance(e, _CONNECTION_ERRORS) for e in _chain(exc))
+
+
+def reachable(timeout: float = 5.0) -> bool:
+    """One quick probe of the tracking server, without MLflow's retries: does it answer HTTP at
+    all (status < 500)? Always True for the embedded sqlite store."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        return requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Did ``exc`` come from a tracking server that stopped answering?
+
+    True when a connection error or timeout is in the exception chain (what MLflow's REST
+    client raises once its bounded retries are spent), or when the exception is an MLflow or
+    HTTP error and a direct probe of the server now fails too (e.g. artifact uploads, which
+    report a dead server differently). A prnf error (bad configuration, diverged training) is
+    never a tracking failure, whatever state the server is in.
+    """
+    if isinstance(exc, TrackingUnavailableError):
+        return True
+    if isinstance(exc, PrnfError):
+        return False
+    if _connection_failure(exc):
+        return True
+    tracking_error = any(isinstance(e, _TRACKING_ERRORS) for e in _chain(exc))
+    return tracking_error and not reachable()
+
+
+def describe(exc: BaseException) -> str:
+    """A short one-line account of a tracking failure: the exception MLflow raised and the root
+    cause at the bottom of its chain (``Connection refused``, a timeout), not the whole chain."""
+    root = list(_chain(exc))[-1]
+    if root is exc:
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    return f"{type(exc).__name__} ({type(root).__name__}: {' '.join(str(root).split())[:200]})"

@@ -33,6 +33,8 @@ from prnf_core.validation import (
 )
 from tasks.progress import Reporter
 
+TEST_SET_LOCK_TIMEOUT_S = 3600.0
+
 
 @task(name="simulate-test-sets")
 def simulate_test_sets(configs: dict[str, DatasetConfig],
@@ -43,9 +45,12 @@ def simulate_test_sets(configs: dict[str, DatasetConfig],
     with dask_client(execution) as client:
         for law, config in configs.items():
             path = str(default_dataset_path(config.problem, config.dataset_id()))
+            # Test sets are shared on purpose (every model is scored on the same data): when a
+            # concurrent validation is writing this one, wait for it and reuse its chunks.
             summary = run_dataset(config, path, client=client, device=execution.device,
                                   torch_threads=execution.threads_per_worker,
-                                  progress=Reporter(f"test set {law} (chunks)"))
+                                  progress=Reporter(f"test set {law} (chunks)"),
+                                  lock_timeout=TEST_SET_LOCK_TIMEOUT_S)
             logger.info("test set %s: %s (%d chunks simulated, %d reused)", law, path,
                         summary.chunks_simulated, summary.chunks_already_done)
             paths[law] = path

@@ -21,7 +21,19 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from services import BIN, Service, clean_env, free_port, free_ports, output_tail, tail
+from services import (
+    BIN,
+    Service,
+    clean_env,
+    free_port,
+    free_ports,
+    mlflow_server,
+    output_tail,
+    prefect_server,
+    prefect_worker,
+    tail,
+    wait_worker_online,
+)
 
 pytestmark = pytest.mark.services
 
@@ -59,10 +71,15 @@ class Stack:
                             "PREFECT_HOME": self.prefect_home,
                             "PRNF_DATA_ROOT": self.data_root, **values})
 
-    def client(self):
+    @property
+    def prefect_server(self) -> Service:
+        return self.services[1]
+
+    def client(self, url: str | None = None):
         from mlflow import MlflowClient
 
-        return MlflowClient(tracking_uri=self.mlflow_url, registry_uri=self.mlflow_url)
+        url = url or self.mlflow_url
+        return MlflowClient(tracking_uri=url, registry_uri=url)
 
     def prefect(self, method: str, path: str, body: dict | None = None):
         response = httpx.request(method, f"{self.prefect_api}{path}", json=body, timeout=30)
@@ -93,18 +110,8 @@ def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("services")
     prefect_home = root / "prefect-home"
     mlflow_port, prefect_port = free_ports(2)
-    mlflow = Service(
-        "mlflow server",
-        [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", root / "artifacts", "--host", "127.0.0.1",
-         "--port", mlflow_port, "--workers", "1"],
-        clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), root / "logs" / "mlflow.log",
-        cwd=root)
-    prefect = Service(
-        "prefect server",
-        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", prefect_port,
-         "--no-ui"],
-        clean_env(PREFECT_HOME=prefect_home), root / "logs" / "prefect-server.log", cwd=root)
+    mlflow = mlflow_server(root, mlflow_port)
+    prefect = prefect_server(root, prefect_port, prefect_home)
     s = Stack(root, f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{prefect_port}/api",
               root / "data", prefect_home, [mlflow, prefect])
     _SERVICES.extend(s.services)
@@ -264,6 +271,111 @@ def test_model_trained_offline_is_registered_later_with_prnf_register(stack, pip
         assert not promoted
 
 
+def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: float) -> Path:
+    """The first path matching ``path_glob`` (a folder and a pattern) to appear, polled every
+    50 ms; fails if ``proc`` exits first or ``timeout`` passes."""
+    folder, pattern = path_glob
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(folder.glob(pattern)) if folder.is_dir() else []
+        if found:
+            return found[0]
+        assert proc.poll() is None, f"exited with {proc.returncode} before {pattern} appeared"
+        time.sleep(0.05)
+    raise AssertionError(f"no {folder}/{pattern} after {timeout:.0f} s")
+
+
+# Long enough that training is still running for many epochs after the first checkpoint:
+# 8000 pairs in 57 steps of 128 per epoch, 30 epochs.
+MIDRUN = {**PIPELINE, "n_train": 8000, "chunk_size": 4000, "seed": 7,
+          "training": {**PIPELINE["training"], "epochs": 30}}
+
+
+def test_tracking_server_stopped_mid_run_keeps_dataset_and_model_for_prnf_register(
+        stack, tmp_path):
+    # A tracking server of its own (the module's one must keep working for the other tests).
+    root = stack.root / "mlflow-midrun"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = mlflow_server(root, port, name="mlflow server midrun")
+    _SERVICES.append(server)
+    data = tmp_path / "data"
+    config = tmp_path / "midrun.yaml"
+    config.write_text(yaml.safe_dump(MIDRUN))
+    env = stack.env(MLFLOW_TRACKING_URI=url, PRNF_DATA_ROOT=data)
+    out = tmp_path / "pipeline.out"
+    try:
+        server.start()
+        server.wait_http(f"{url}/health")
+        with open(out, "w") as log:
+            pipeline = subprocess.Popen([str(BIN / "prnf"), "pipeline", "--config", str(config)],
+                                        env=env, cwd=tmp_path, stdout=log,
+                                        stderr=subprocess.STDOUT, text=True)
+        try:
+            # the first epoch checkpoint: training runs, and has logged live metrics
+            checkpoint = _wait_for((data / "models", "bm1d-*/checkpoint.pt"), pipeline, 240)
+            assert server.stop() == []
+            stopped = time.monotonic()
+            assert not (checkpoint.parent / "summary.json").exists(), \
+                "training ended before the server was stopped: raise MIDRUN's epochs"
+            code = pipeline.wait(timeout=180)
+        finally:
+            if pipeline.poll() is None:
+                pipeline.kill()
+                pipeline.wait()
+        failed_after = time.monotonic() - stopped
+        text = out.read_text()
+        assert code == 2, text[-6000:]
+        error = [line for line in text.splitlines() if line.startswith("error:")]
+        assert len(error) == 1, text[-6000:]
+        message = error[0]
+        assert f"MLflow tracking server {url} became unreachable during pipeline run" in message
+        # training finished offline from its checkpoint, and the failure stayed bounded
+        assert "live metric logging failed" in text and "without live metrics" in text
+        assert failed_after < 90, f"exited {failed_after:.0f} s after the server stopped"
+
+        dataset = re.search(r"Kept the dataset (\S+) \(complete;", message)
+        model = re.search(r"run `prnf register (\S+)`", message)
+        assert dataset and model, message
+        from prnf_core.dataset import open_dataset
+
+        store = open_dataset(dataset.group(1))
+        assert store.is_complete and store.n_particles == MIDRUN["n_train"]
+        model_dir = Path(model.group(1))
+        assert model_dir == checkpoint.parent
+        summary = json.loads((model_dir / "summary.json").read_text())
+        assert summary["epochs_run"] == MIDRUN["training"]["epochs"]
+        assert (model_dir / "weights.pt").is_file()
+
+        # the server is back, on the same store and port: the registration completes
+        server.start()
+        server.wait_http(f"{url}/health")
+        proc = run([BIN / "prnf", "register", model_dir, "--config", config], env, cwd=tmp_path)
+        assert proc.returncode == 0, output_tail(proc)
+        match = re.search(rf"registered {MODEL} v(\d+): ", proc.stdout)
+        assert match, output_tail(proc)
+        client = stack.client(url)
+        version = client.get_model_version(MODEL, match.group(1))
+        assert version.tags["dataset_id"] == store.dataset_id
+        register_run = client.get_run(version.tags["pipeline_run_id"])
+        assert register_run.data.tags["model_dir"] == str(model_dir)
+        assert register_run.info.status == "FINISHED"
+        # the interrupted pipeline run is on the server, with the epochs logged before the stop
+        pipeline_run_id = re.search(r"during pipeline run ([0-9a-f]{32})", message).group(1)
+        train = client.search_runs([register_run.info.experiment_id],
+                                   f"tags.mlflow.parentRunId = '{pipeline_run_id}' "
+                                   "and tags.`prnf.step` = 'train'")
+        assert len(train) == 1
+        logged = client.get_metric_history(train[0].info.run_id, "epoch.val_nll")
+        assert 1 <= len(logged) < MIDRUN["training"]["epochs"]
+        print(f"\nmidrun: pipeline exited {failed_after:.1f} s after the server stopped; "
+              f"{len(logged)} epochs logged live before")
+    finally:
+        leftovers = server.stop()
+        _SERVICES.remove(server)
+        assert not leftovers, f"processes left running: {leftovers}"
+
+
 # --------------------------------------------------------------------------------------------
 # 3. Deployments on the Prefect server, run by a process worker
 
@@ -343,14 +455,11 @@ def test_parameter_schema_is_enforced_when_a_run_is_created(stack, deployed, cha
 
 @pytest.fixture(scope="module")
 def worker(stack, deployed):
-    service = Service(
-        "prefect worker",
-        [BIN / "prefect", "worker", "start", "--pool", "prnf-process"],
-        stack.env(PREFECT_WORKER_QUERY_SECONDS="2"), stack.root / "logs" / "worker.log",
-        cwd=stack.root)
+    service = prefect_worker(stack.root, stack.env())
     _SERVICES.append(service)
     service.start()
     try:
+        wait_worker_online(service, stack.prefect_api)
         yield service
     finally:
         service.snapshot()
@@ -394,3 +503,38 @@ def test_deployment_runs_on_a_process_worker_and_registers_a_version(stack, depl
         time.sleep(1)
     assert state["state_type"] == "FAILED", state["state"]
     assert "unknown problem 'nope'" in state["state"]["message"]
+
+
+# --------------------------------------------------------------------------------------------
+# 4. The Prefect server restarted while the worker is idle (last: it restarts the shared server)
+
+
+def test_idle_worker_runs_the_next_deployment_run_after_a_prefect_server_restart(
+        stack, deployed, worker):
+    nightly = deployed["deployments"]["pipeline/pipeline-nightly"]["id"]
+    active = ["PENDING", "RUNNING", "CANCELLING"]
+    assert _flow_runs(stack, nightly, active) == [], "the worker is not idle"
+    server = stack.prefect_server
+    assert server.stop() == []  # the worker (its own process group) keeps running
+    down = time.monotonic()
+    time.sleep(10)  # several failed polls (every 2 s) and client retries on the worker's side
+    assert worker.proc.poll() is None, tail(worker.log)
+    server.start()  # same port, same PREFECT_HOME: same database, deployments and pool
+    server.wait_http(f"{stack.prefect_api}/health")
+    downtime = time.monotonic() - down
+
+    started = time.monotonic()
+    params = {**PIPELINE, "seed": 2, "training": {**PIPELINE["training"], "epochs": 3}}
+    proc = _deployment_run(stack, params, "--watch", "--watch-interval", "2",
+                           "--watch-timeout", "240", timeout=300)
+    assert proc.returncode == 0, output_tail(proc)
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", proc.stdout).group(1)
+    flow_run = stack.prefect("GET", f"/flow_runs/{run_id}")
+    assert flow_run["state_type"] == "COMPLETED", flow_run["state"]
+    assert worker.proc.poll() is None  # the same worker process ran it
+    runs = stack.client().search_runs(
+        [stack.client().get_experiment_by_name(MODEL).experiment_id],
+        "tags.`prnf.step` = 'pipeline' and params.seed = '2'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    print(f"\nprefect restart: server down {downtime:.1f} s (restart included); next run "
+          f"completed {time.monotonic() - started:.1f} s after it was triggered")

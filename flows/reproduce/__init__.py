@@ -12,17 +12,19 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flows.reproduce import abc3d, bm1d, runaway2d
 from flows.reproduce.report import ResultPage
 from flows.reproduce.settings import Experiment, Profile, StudySettings, resolve_settings
 from prnf_core.cluster import ExecutionConfig
+from prnf_core.paths import resolve_path
 from tasks import tracking
 
 EXPERIMENTS = {
@@ -44,10 +46,19 @@ class ReproduceParams(BaseModel):
         default_factory=dict,
         description="Dotted setting -> value on top of the profile, e.g. "
                     "{\"training.epochs\": 5, \"n_train\": 2000}.")
-    output_dir: str = Field("docs/results", description="Where the page and figures go.")
+    output_dir: str = Field(
+        "docs/results",
+        description="Where the page and figures go; a relative path is taken under the data root "
+                    "(from `prnf reproduce --output`: under the working directory).")
     execution: ExecutionConfig = Field(
         default_factory=ExecutionConfig, description="Dask workers for the simulations.")
     use_registry: bool = Field(True, description="Register the trained model in MLflow.")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _confine(cls, value: str) -> str:
+        resolve_path(value, "output_dir")  # refuse an escape; kept as given for command_line()
+        return value
 
     @model_validator(mode="after")
     def _check_overrides(self) -> ReproduceParams:
@@ -57,13 +68,26 @@ class ReproduceParams(BaseModel):
     def settings(self) -> StudySettings:
         return resolve_settings(self.experiment, self.profile, self.overrides)
 
+    def output_path(self) -> Path:
+        """Where the page goes: ``output_dir`` under the path rule of :mod:`prnf_core.paths`."""
+        return Path(resolve_path(self.output_dir, "output_dir"))
+
+    def _shown_output(self) -> str:
+        """``output_dir`` as given, except that an absolute path below the working directory
+        (what the CLI makes of ``--output docs/results``) is shown relative to it, so that a
+        results page reads the same on every machine."""
+        path, cwd = Path(self.output_dir), Path.cwd()
+        if path.is_absolute() and path.is_relative_to(cwd):
+            return path.relative_to(cwd).as_posix()
+        return self.output_dir
+
     def command_line(self) -> str:
         """The ``prnf reproduce`` call that runs these parameters."""
         parts = ["prnf reproduce", self.experiment, f"--profile {self.profile}"]
         for key, value in self.overrides.items():
             setting = f"{key}={json.dumps(value, separators=(',', ':'))}"
             parts.append(f"--set {shlex.quote(setting)}")
-        parts.append(f"--output {shlex.quote(self.output_dir)}")
+        parts.append(f"--output {shlex.quote(self._shown_output())}")
         if self.execution.workers is not None:
             parts.append(f"--workers {self.execution.workers}")
         if not self.use_registry:
@@ -78,7 +102,7 @@ def reproduce_flow(params: ReproduceParams) -> dict[str, Any]:
     started = time.perf_counter()
     settings = params.settings()
     run, title = EXPERIMENTS[params.experiment]
-    page = ResultPage(params.experiment, title, params.output_dir, params.command_line(),
+    page = ResultPage(params.experiment, title, params.output_path(), params.command_line(),
                       params.profile, settings.model_dump(mode="json"))
     client = tracking.configure()
     tracking.check_reachable(client)
