@@ -185,7 +185,7 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
             params.validation.n_samples, params.validation.seed,
             params.validation.max_kl, params.validation.max_sw_ratio,
             train_seconds=train_seconds, report_dir=str(report_dir),
-            champion_ref=champion_ref, history=_history(model_dir))
+            champion_ref=champion_ref, history=training_history(model_dir))
         tracking.log_metrics(client, run_id, validation["metrics"])
         tracking.log_metrics(client, run_id, {"score": validation["score"],
                                               "passed": float(validation["passed"])})
@@ -231,7 +231,8 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
     return result
 
 
-def _history(model_dir: str) -> list[dict[str, float]]:
+def training_history(model_dir: str) -> list[dict[str, float]]:
+    """The per-epoch history a training run saved in ``model_dir`` (empty when there is none)."""
     import json
 
     path = Path(model_dir) / "history.json"

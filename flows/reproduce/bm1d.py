@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.pipeline import pipeline_flow
+from flows.pipeline import pipeline_flow, training_history
 from flows.reproduce.common import pipeline_params
 from flows.reproduce.report import ResultPage, fmt, table
 from flows.reproduce.settings import Bm1dSettings
@@ -22,13 +22,6 @@ from prnf_core.problems import default_test_laws
 from tasks.study import exact_study
 
 PROBLEM = "bm1d"
-
-
-def _history(model_dir: str) -> list[dict[str, float]]:
-    import json
-    from pathlib import Path
-
-    return json.loads((Path(model_dir) / "history.json").read_text())
 
 
 def run(settings: Bm1dSettings, page: ResultPage, execution: ExecutionConfig,
@@ -47,7 +40,7 @@ def run(settings: Bm1dSettings, page: ResultPage, execution: ExecutionConfig,
                             settings.kl_n_y, settings.kl_n_x0, settings.check_samples, seed=7)
         meta = load_metadata(result["model_dir"])
         rows[lam] = {**study, "train_seconds": meta.get("train_seconds")}
-        histories[f"λ = {lam:g}"] = _history(result["model_dir"])
+        histories[f"λ = {lam:g}"] = training_history(result["model_dir"])
 
     default = rows[settings.default_lambda]
     worst = max(v["kl"] for v in default["laws"].values())
