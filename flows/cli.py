@@ -279,13 +279,15 @@ def sample(
     out_file: Annotated[Path, typer.Option("--out", help="Output .npy or .zarr.")] = Path(
         "samples.npy"),
     seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing samples output (never a dataset store).")] = False,
 ) -> None:
     """Sample X_T for an initial distribution from a trained surrogate (no simulation)."""
     from flows.sample import SampleParams, sample_flow
 
     try:
         params = SampleParams(model=_from_cwd(model), initial=initial, n=n,
-                              out=_from_cwd(str(out_file)), seed=seed)
+                              out=_from_cwd(str(out_file)), seed=seed, overwrite=overwrite)
     except ValidationError as exc:
         _fail(format_validation_error(exc))
     try:
@@ -428,7 +430,9 @@ def reproduce(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a setting, dotted KEY=VALUE (repeatable), e.g. "
                       "training.epochs=5.")] = None,
-    output: Annotated[str, typer.Option(help="Directory of the results page.")] = "docs/results",
+    output: Annotated[str | None, typer.Option(
+        help="Directory of the results page (default: <data root>/results); `--output "
+             "docs/results` rewrites the committed pages of a checkout.")] = None,
     workers: Annotated[int | None, typer.Option(help="Dask workers (0: in-process).")] = None,
     no_registry: Annotated[bool, typer.Option(
         "--no-registry", help="Do not register the trained model.")] = False,
@@ -437,8 +441,9 @@ def reproduce(
     from flows.reproduce import ReproduceParams, reproduce_flow
 
     raw: dict[str, Any] = {"experiment": experiment, "profile": profile,
-                           "overrides": _parse_kv(set_, "--set"), "output_dir": _from_cwd(output),
-                           "use_registry": not no_registry}
+                           "overrides": _parse_kv(set_, "--set"), "use_registry": not no_registry}
+    if output is not None:
+        raw["output_dir"] = _from_cwd(output)
     if workers is not None:
         raw["execution"] = {"workers": workers}
     result = _start(ReproduceParams, reproduce_flow, raw)

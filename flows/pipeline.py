@@ -102,7 +102,7 @@ def _completeness(path: str) -> str:
 def _run(params: PipelineParams, client, experiment: str, parent: str, logger,
          kept: dict[str, str]) -> dict[str, Any]:
     tracking.log_params(client, parent, params.model_dump(mode="json"))
-    dataset_cfg = params.training_dataset()
+    dataset_cfg = params.training_dataset().on_device(params.execution.device)  # its generator
 
     # 1. simulate (reused when a complete store with the same id exists)
     with tracking.child_run(client, experiment, "simulate", parent) as run_id:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import numpy as np
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from prnf_core.dataset import ATTR_KEY
 from prnf_core.errors import ConfigError, PrnfError
 from prnf_core.initial import InitialSpec, parse_initial
 from prnf_core.paths import is_url, resolve_path
@@ -25,6 +28,10 @@ class SampleParams(BaseModel):
     out: str = Field("samples.npy", description="Output file: .npy or .zarr; a relative path is "
                                                 "taken under the data root and may not leave it.")
     seed: int = Field(0, ge=0, description="Seed of x0 and of the surrogate noise.")
+    overwrite: bool = Field(
+        False, description="Replace an existing output file (a prnf samples output only: a "
+                           "dataset store or any other directory is never replaced).",
+    )
 
     @field_validator("initial", mode="before")
     @classmethod
@@ -34,7 +41,7 @@ class SampleParams(BaseModel):
     @field_validator("model")
     @classmethod
     def _model(cls, value: str) -> str:
-        return resolve_path(value, "model")
+        return resolve_path(value, "model", allow_urls=True)
 
     @field_validator("out")
     @classmethod
@@ -68,26 +75,93 @@ def load_model_param(model: str) -> Any:
                           f"{str(exc)[:300]}") from exc
 
 
-def write_samples(path: str, x0: np.ndarray, xT: np.ndarray, attrs: dict[str, Any]) -> None:
-    """``.npy``: the (n, d) X_T array; ``.zarr``: a group with ``x0`` and ``xT`` and attrs."""
+SAMPLES_ATTR = "prnf_samples"  # the attributes key of a .zarr samples output
+
+
+def _zarr_attrs(path: Path) -> dict[str, Any] | None:
+    """The attributes of the Zarr group at ``path``, or None when it is not one."""
+    import zarr
+
+    try:
+        return dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # not a Zarr group (zarr raises several types)
+        return None
+
+
+def check_output(path: str, overwrite: bool) -> None:
+    """Refuse to clobber what lies at ``path``: anything unless ``overwrite``, and with it
+    anything but a previous samples output (a ``.npy`` file or a ``.zarr`` group of samples).
+
+    A training dataset is expensive and a samples output looks just like its path: a dataset
+    store is refused by name, even with ``overwrite``.
+
+    Raises:
+        ConfigError: naming ``out`` and how to proceed.
+    """
+    target = Path(path)
+    if not target.exists() and not target.is_symlink():
+        return
+    attrs = _zarr_attrs(target) if target.is_dir() else None
+    if attrs is not None and ATTR_KEY in attrs:
+        raise ConfigError(f"out: {path} is a prnf dataset store; samples never replace a "
+                          "dataset, even with --overwrite: choose another output path")
+    if not overwrite:
+        raise ConfigError(f"out: {path} exists; pass --overwrite (overwrite: true) to replace "
+                          "it or choose another output path")
+    if target.is_symlink():
+        replaceable = False
+    elif target.suffix == ".npy":
+        replaceable = target.is_file()
+    else:
+        samples = attrs is not None and SAMPLES_ATTR in attrs
+        replaceable = target.is_dir() and (samples or not any(target.iterdir()))
+    if not replaceable:
+        raise ConfigError(f"out: {path} exists and is not a prnf samples output; refusing to "
+                          "replace it even with --overwrite: choose another output path")
+
+
+def write_samples(path: str, x0: np.ndarray, xT: np.ndarray, attrs: dict[str, Any],
+                  overwrite: bool = False) -> None:
+    """``.npy``: the (n, d) X_T array; ``.zarr``: a group with ``x0`` and ``xT`` and attrs.
+
+    Written to a temporary sibling and renamed into place, so a failure never leaves a
+    half-written output under the final name. What is at ``path`` is checked first
+    (:func:`check_output`): a dataset store is never opened for writing.
+    """
+    check_output(path, overwrite)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
     if target.suffix == ".npy":
-        tmp = target.with_name(target.name + ".tmp.npy")
-        np.save(tmp, xT)
-        tmp.replace(target)
+        tmp = target.with_name(f".{target.name}.{token}.tmp.npy")
+        try:
+            np.save(tmp, xT)
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
         return
     import zarr
 
-    group = zarr.open_group(str(target), mode="w", zarr_format=3)
-    group.create_array("x0", data=x0)
-    group.create_array("xT", data=xT)
-    group.attrs["prnf_samples"] = attrs
+    tmp = target.with_name(f".{target.name}.{token}.tmp")
+    old = target.with_name(f".{target.name}.{token}.old")
+    try:
+        group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
+        group.create_array("x0", data=x0)
+        group.create_array("xT", data=xT)
+        group.attrs[SAMPLES_ATTR] = attrs
+        if target.exists():  # a directory cannot be renamed onto a non-empty one: two steps
+            check_output(path, overwrite)  # still a samples output, right before it goes
+            target.rename(old)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @flow(name="sample", log_prints=True)
 def sample_flow(params: SampleParams) -> dict[str, Any]:
     """Draw x0 from the initial law and push each through the surrogate's generator."""
+    check_output(params.out, params.overwrite)  # before any work
     surrogate = load_model_param(params.model)
     if params.initial.dim != surrogate.model.dim:
         raise ConfigError(f"initial: spec has dimension {params.initial.dim} but model "
@@ -96,5 +170,6 @@ def sample_flow(params: SampleParams) -> dict[str, Any]:
     x0, xT = surrogate.sample_initial(params.initial, params.n, seed=params.seed)
     seconds = time.perf_counter() - started
     write_samples(params.out, x0, xT, {"model": params.model, "seed": params.seed,
-                                       "initial": params.initial.model_dump(mode="json")})
+                                       "initial": params.initial.model_dump(mode="json")},
+                  overwrite=params.overwrite)
     return {"out": params.out, "n": params.n, "dim": int(xT.shape[1]), "seconds": seconds}

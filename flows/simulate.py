@@ -36,5 +36,7 @@ class SimulateParams(BaseModel):
 @flow(name="simulate", log_prints=True)
 def simulate_flow(params: SimulateParams) -> dict[str, Any]:
     """Simulate every missing chunk of a dataset; re-running resumes an interrupted store."""
-    prepared = prepare_dataset(params.dataset, params.output)
-    return simulate_chunks(params.dataset, prepared["path"], params.execution)
+    # The execution device fixes the noise generator, part of the id (and of the default path).
+    dataset = params.dataset.on_device(params.execution.device)
+    prepared = prepare_dataset(dataset, params.output)
+    return simulate_chunks(dataset, prepared["path"], params.execution)

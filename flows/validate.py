@@ -23,7 +23,7 @@ class ValidateParams(CheckParams):
     @field_validator("model")
     @classmethod
     def _model(cls, value: str) -> str:
-        return resolve_path(value, "model")
+        return resolve_path(value, "model", allow_urls=True)
 
 
 @flow(name="validate", log_prints=True)

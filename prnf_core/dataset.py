@@ -26,6 +26,12 @@ Randomness: chunk ``i`` uses ``SeedSequence(seed, spawn_key=(i,))`` (the i-th ch
 ``SeedSequence(seed)``) for both its initial states and its noise, so a dataset is bit-identical
 whatever the number of workers or the order chunks run in.
 
+The dataset id hashes everything that fixes the bits (:meth:`DatasetConfig.resolved`): besides
+the configuration, the noise generator (``numpy-sfc64``, ``torch-cpu`` or ``torch-cuda``, a
+function of device and dtype, fixed from the execution device when a run starts) and, for a
+``samples_file`` initial law, the SHA-256 of the file's bytes. A store is resumed only with the
+generator it was started with, never mixing two noise streams.
+
 >>> from prnf_core.dataset import DatasetConfig
 >>> cfg = DatasetConfig(problem="bm1d", n_particles=1000, chunk_size=250)
 >>> cfg.n_chunks, len(cfg.dataset_id())
@@ -47,7 +53,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from prnf_core import __version__
-from prnf_core.errors import CorruptChunkError, DatasetMismatchError, IncompleteDatasetError
+from prnf_core.errors import (
+    ConfigError,
+    CorruptChunkError,
+    DatasetMismatchError,
+    IncompleteDatasetError,
+)
 from prnf_core.initial import InitialSpec, Uniform, parse_initial
 from prnf_core.integrity import (
     checksum_name,
@@ -60,9 +71,20 @@ from prnf_core.integrity import (
 )
 from prnf_core.problems import get_problem
 from prnf_core.sde import SDE
-from prnf_core.simulate import DType, save_steps, simulate, step_count
+from prnf_core.simulate import (
+    NOISE_GENERATORS,
+    DType,
+    NoiseGenerator,
+    generator_device,
+    noise_generator,
+    save_steps,
+    simulate,
+    step_count,
+)
 
-SCHEMA_VERSION = 2  # 2: chunk_seconds
+# 2: chunk_seconds. 3: the noise generator (config and id) and samples-file content hashes; a
+# schema-2 store still reads, but its id does not say which generator made it: never resumed.
+SCHEMA_VERSION = 3
 ATTR_KEY = "prnf"
 
 
@@ -87,6 +109,12 @@ class DatasetConfig(BaseModel):
         None, description="Times in [0, T] (on the dt grid) at which to keep snapshots."
     )
     dtype: DType = Field("float64", description="Simulation and storage precision.")
+    noise_generator: NoiseGenerator | None = Field(
+        None, description="Normal generator: numpy-sfc64 (CPU, float64), torch-cpu (CPU, "
+                          "float32) or torch-cuda (GPU). Part of the id, since the same seed "
+                          "gives other bits on another generator. Default: the one of the "
+                          "execution device, fixed when the run starts.",
+    )
 
     @field_validator("initial", mode="before")
     @classmethod
@@ -103,6 +131,42 @@ class DatasetConfig(BaseModel):
             )
         step_count(self.horizon, self.step)
         save_steps(self.save_times, self.horizon, self.step)
+        gen = self.noise_generator
+        right = None if gen is None else noise_generator(generator_device(gen), self.dtype)
+        if gen != right:
+            raise ValueError(
+                f"noise_generator: {gen!r} is not the generator of {self.dtype} on "
+                f"{generator_device(gen)} ({right!r} is); set it to {right!r} or leave it unset"
+            )
+        return self
+
+    def generator(self) -> NoiseGenerator:
+        """The noise generator: the configured one, else the default device's (CUDA if any)."""
+        return self.noise_generator or noise_generator(None, self.dtype)
+
+    def on_device(self, device: str | None) -> DatasetConfig:
+        """This config with its noise generator fixed for a run on ``device``.
+
+        What every run calls first, so that the id it computes, the store it opens and the
+        chunks it simulates agree on the generator. ``device=None`` keeps a configured
+        generator (the run then simulates on its device) and otherwise takes the default
+        device's.
+
+        Raises:
+            ConfigError: the config names another generator than ``device`` uses.
+        """
+        if device is None and self.noise_generator is not None:
+            return self
+        gen = noise_generator(device, self.dtype)
+        if self.noise_generator is None:
+            return self.model_copy(update={"noise_generator": gen})
+        if gen != self.noise_generator:
+            raise ConfigError(
+                f"noise_generator: the dataset uses {self.noise_generator!r} but device "
+                f"{device!r} ({self.dtype}) uses {gen!r}; run it on "
+                f"{generator_device(self.noise_generator)} (execution.device) or leave "
+                "noise_generator unset"
+            )
         return self
 
     def sde(self) -> SDE:
@@ -131,12 +195,16 @@ class DatasetConfig(BaseModel):
         return start, min(start + self.chunk_size, self.n_particles)
 
     def resolved(self) -> dict[str, Any]:
-        """The config with every default filled in (problem parameters too): what is hashed."""
+        """The config with every default filled in (problem parameters too): what is hashed.
+
+        Holds what fixes the bits and nothing else: the noise generator (:meth:`generator`)
+        and the initial law's identity (a samples file's content hash, not its path).
+        """
         sde = self.sde()
         return {
             "problem": self.problem,
             "problem_params": sde.describe()["params"],
-            "initial": self.initial_spec().model_dump(mode="json"),
+            "initial": self.initial_spec().identity(),
             "n_particles": self.n_particles,
             "chunk_size": self.chunk_size,
             "t_end": float(self.horizon),
@@ -144,6 +212,7 @@ class DatasetConfig(BaseModel):
             "seed": self.seed,
             "save_times": self.save_times,
             "dtype": self.dtype,
+            "noise_generator": self.generator(),
         }
 
     def dataset_id(self) -> str:
@@ -158,7 +227,13 @@ def chunk_seed(seed: int, index: int) -> np.random.SeedSequence:
 def simulate_chunk_arrays(
     config: DatasetConfig, index: int, device: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """x0, xT and snapshots of chunk ``index``: a pure function of (config, index)."""
+    """x0, xT and snapshots of chunk ``index``: a pure function of (config, index).
+
+    Runs on ``device`` (default: the device of the config's noise generator, see
+    :meth:`DatasetConfig.on_device`); a device with another generator is refused.
+    """
+    config = config.on_device(device)
+    device = device or generator_device(config.generator())
     start, stop = config.chunk_bounds(index)
     x0_seq, noise_seq = chunk_seed(config.seed, index).spawn(2)
     x0 = config.initial_spec().sample(stop - start, np.random.default_rng(x0_seq))
@@ -328,11 +403,16 @@ def _open_group(path: str | Path, mode: str) -> zarr.Group:
 def create_dataset(config: DatasetConfig, path: str | Path) -> Dataset:
     """Create the store for ``config`` at ``path``, or reopen it if it holds the same config.
 
+    An unset noise generator is first fixed to the default device's
+    (:meth:`DatasetConfig.on_device`).
+
     Raises:
-        DatasetMismatchError: ``path`` holds another dataset (the differing fields are named) or
-            something that is not a prnf dataset. Nothing stored is touched.
+        DatasetMismatchError: ``path`` holds another dataset (the differing fields are named),
+            one made with another noise generator, one of an older schema, or something that is
+            not a prnf dataset. Nothing stored is touched.
     """
     path = str(path)
+    config = config.on_device(None)
     existing = _existing_group(path)
     if existing is not None:
         dataset = Dataset(path, existing)
@@ -395,14 +475,25 @@ def _check_same_config(dataset: Dataset, config: DatasetConfig) -> None:
     meta = dataset.meta
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise DatasetMismatchError(
-            f"output: {dataset.path} has schema version {meta.get('schema_version')}, "
-            f"this prnf writes {SCHEMA_VERSION}"
+            f"output: {dataset.path} holds dataset {meta.get('dataset_id')} of schema version "
+            f"{meta.get('schema_version')} (prnf {meta.get('package_version')}), another "
+            f"configuration to this prnf (schema {SCHEMA_VERSION}, whose ids also cover the "
+            "noise generator): it still reads, but is not resumed or repaired; choose another "
+            "output path"
         )
     if meta["dataset_id"] == config.dataset_id():
         return
     stored = meta.get("resolved_config", {})
     new = config.resolved()
     diff = sorted(k for k in set(stored) | set(new) if stored.get(k) != new.get(k))
+    if diff == ["noise_generator"] and stored.get("noise_generator") in NOISE_GENERATORS:
+        raise DatasetMismatchError(
+            f"output: {dataset.path} was simulated with noise generator "
+            f"{stored['noise_generator']!r} but this run uses {new['noise_generator']!r} "
+            f"({generator_device(new['noise_generator'])}, {config.dtype}); resuming would mix "
+            "two noise streams: run on the store's device (execution.device="
+            f"{generator_device(stored['noise_generator'])}) or choose another output path"
+        )
     details = "; ".join(f"{k}: stored {stored.get(k)!r}, requested {new.get(k)!r}" for k in diff)
     raise DatasetMismatchError(
         f"output: {dataset.path} holds dataset {meta['dataset_id']} with another config "
@@ -451,7 +542,15 @@ def simulate_and_write_chunk(path: str, index: int, device: str | None = None,
     if dataset.done_mask()[index]:
         return {"chunk": index, "skipped": True, "seconds": 0.0, "n": 0}
     started = time.perf_counter()
-    x0, xT, snaps = simulate_chunk_arrays(dataset.config, index, device=device)
+    config = dataset.config
+    now = config.dataset_id()
+    if now != dataset.dataset_id:  # e.g. a samples file edited while the run goes on
+        raise DatasetMismatchError(
+            f"output: {path} holds dataset {dataset.dataset_id} but its configuration now "
+            f"resolves to {now} (a samples_file initial law changed?); chunk {index} not "
+            "written: restore the inputs or simulate into another output path"
+        )
+    x0, xT, snaps = simulate_chunk_arrays(config, index, device=device)
     simulated = time.perf_counter()
     dataset.write_chunk(index, x0, xT, snaps, seconds=simulated - started)
     return {

@@ -15,6 +15,7 @@ YAML, renders as a form in the Prefect UI and is recorded in dataset attributes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -59,6 +60,11 @@ class _Spec(BaseModel):
     @property
     def has_density(self) -> bool:
         return True
+
+    def identity(self) -> dict[str, Any]:
+        """What fixes the samples this spec draws from a seed: the part of a dataset id it
+        contributes. Its fields, except where they point at data (see :class:`SamplesFile`)."""
+        return self.model_dump(mode="json")
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
@@ -296,7 +302,13 @@ class Maxwellian(_Spec):
 
 
 class SamplesFile(_Spec):
-    """Resample (with replacement) rows of a ``.npy`` file of shape ``(n, d)``."""
+    """Resample (with replacement) rows of a ``.npy`` file of shape ``(n, d)``.
+
+    A dataset id covers the file's content, not its path (:meth:`identity`): editing the file in
+    place gives a new id, so a store is never resumed from other rows, while the same bytes under
+    another path (a copy, a moved checkout) give the same id and reuse the store. The path is
+    still recorded in the store's ``config``.
+    """
 
     kind: Literal["samples_file"] = "samples_file"
     path: str = Field(description="Path to a .npy array of shape (n, d).")
@@ -312,12 +324,25 @@ class SamplesFile(_Spec):
     def has_density(self) -> bool:
         return False
 
-    def _load(self) -> np.ndarray:
+    def _file(self) -> Path:
         path = Path(self.path)
         if path.suffix != ".npy":
             raise ConfigError(f"initial.path: only .npy files are supported, got {self.path!r}")
         if not path.is_file():
             raise ConfigError(f"initial.path: no such file {self.path!r}")
+        return path
+
+    def content_sha256(self) -> str:
+        """SHA-256 of the file's bytes: what the samples depend on, wherever the file lies."""
+        with self._file().open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    def identity(self) -> dict[str, Any]:
+        """``kind`` and ``content_sha256``: the content, not the path (see the class doc)."""
+        return {"kind": self.kind, "content_sha256": self.content_sha256()}
+
+    def _load(self) -> np.ndarray:
+        path = self._file()
         data = np.load(path, allow_pickle=False)
         if data.ndim != 2 or not np.isfinite(data).all():
             raise ConfigError(f"initial.path: need a finite (n, d) array, got shape {data.shape}")

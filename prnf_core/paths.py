@@ -2,10 +2,12 @@
 
 Path rule: a *relative* path given to a flow (Prefect UI, deployment, YAML) is taken relative to
 the data root and must stay inside it once symlinks and ``..`` are resolved, so a form field
-cannot write (or read) elsewhere on the worker's disk. An absolute path, a ``~`` path or a URL
-(``scheme:/...``: ``s3://``, ``models:/``, ``runs:/``) is an explicit choice and is used as
-given. The ``prnf`` CLI turns relative paths into absolute ones against the working directory
-first, which is what a shell user means.
+cannot write (or read) elsewhere on the worker's disk. An absolute path or a ``~`` path is an
+explicit choice and is used as given. A URL (``scheme:/...``) is used as given only where the
+field reads through MLflow (model URIs: ``models:/``, ``runs:/``); every other path is local,
+and a URL there is refused: object stores (``s3://``) are not supported yet, and a local
+filesystem would take ``s3://bucket/x`` for a folder ``./s3:``. The ``prnf`` CLI turns relative
+paths into absolute ones against the working directory first, which is what a shell user means.
 """
 
 from __future__ import annotations
@@ -35,18 +37,26 @@ def is_url(value: str) -> bool:
     return bool(_URL.match(value))
 
 
-def resolve_path(value: str | Path, field: str) -> str:
+def resolve_path(value: str | Path, field: str, allow_urls: bool = False) -> str:
     """The path a parameter ``field`` designates, following the path rule of this module.
 
+    ``allow_urls``: the field is a model URI that MLflow resolves (``models:/``, ``runs:/``),
+    so a URL is passed on as given; otherwise it is refused.
+
     Raises:
-        ConfigError: ``value`` is empty, or relative and resolves outside the data root (``..``
-            or a symlink pointing out of it); the message names ``field``.
+        ConfigError: ``value`` is empty, a URL where ``allow_urls`` is false, or relative and
+            resolves outside the data root (``..`` or a symlink pointing out of it); the
+            message names ``field``.
     """
     text = str(value)
     if not text.strip():
         raise ConfigError(f"{field}: must not be empty")
     if is_url(text):
-        return text
+        if allow_urls:
+            return text
+        prefix = re.match(r"[^:]+:/*", text).group(0)  # "s3://"
+        raise ConfigError(f"{field}: object-store URLs ({prefix}...) are not supported yet; "
+                          "give a local path")
     path = Path(text).expanduser()
     if path.is_absolute():
         return str(path)

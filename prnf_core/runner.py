@@ -36,6 +36,7 @@ from prnf_core.dataset import (
     simulate_and_write_chunk,
 )
 from prnf_core.integrity import audit, store_lock
+from prnf_core.paths import is_url, resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +85,19 @@ def run_dataset(
         lock_timeout: Seconds to wait while another run writes the store; default 0 refuses at
             once (see :func:`~prnf_core.integrity.store_lock`).
 
+    The noise generator is fixed from ``device`` first (:meth:`DatasetConfig.on_device`): a
+    store started with another generator is refused, so chunks never mix two noise streams.
+
     Raises:
         StoreLockedError: another run holds the store's writer lock.
+        DatasetMismatchError: ``path`` holds another dataset, or one made with another noise
+            generator; nothing is written.
+        ConfigError: ``path`` is a URL (object stores are not supported yet).
     """
     started = time.perf_counter()
+    if is_url(str(path)):  # a local filesystem would make a folder "./s3:" of "s3://..."
+        resolve_path(path, "output")  # raises the ConfigError for URLs
+    config = config.on_device(device)
     with store_lock(path, timeout=lock_timeout):
         dataset = create_dataset(config, path)
         corrupt = audit(dataset)

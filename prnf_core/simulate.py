@@ -11,6 +11,8 @@ exposed to the coefficients as its ``(n, d)`` transpose, so per-coordinate opera
 contiguous memory; every update is in place; the noise buffer is reused. Normals come from the
 fastest generator for the dtype on CPU (numpy ``SFC64`` for float64, torch's vectorized generator
 for float32, measured in ``benchmarks/bench_simulate.py``) and from torch's generator on CUDA.
+Each generator has a name (:func:`noise_generator`): with the seed it fixes the noise bits, so
+datasets record it and their id covers it.
 Memory is a few ``(d, n)`` buffers: bounded by the number of particles simulated at once.
 
 >>> import numpy as np
@@ -35,6 +37,8 @@ from prnf_core.sde import SDE
 
 DType = Literal["float64", "float32"]
 DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
+NoiseGenerator = Literal["numpy-sfc64", "torch-cpu", "torch-cuda"]
+NOISE_GENERATORS: tuple[str, ...] = ("numpy-sfc64", "torch-cpu", "torch-cuda")
 
 
 @dataclass(frozen=True)
@@ -88,15 +92,48 @@ def save_steps(save_times: np.ndarray | list[float] | None, t_end: float, dt: fl
     return steps
 
 
+def noise_generator(device: str | torch.device | None, dtype: DType | torch.dtype
+                    ) -> NoiseGenerator:
+    """The name of the normal generator :class:`NoiseSource` uses on ``device`` in ``dtype``.
+
+    The one place that decides it, because the same seed gives other bits on another generator:
+    ``numpy-sfc64`` (CPU, float64), ``torch-cpu`` (CPU, float32), ``torch-cuda`` (CUDA, either
+    dtype; it also fixes that the arithmetic runs on a GPU). ``device=None`` means the default
+    device (CUDA when present).
+
+    Raises:
+        ConfigError: ``device`` is not a cpu or cuda device.
+    """
+    try:
+        dev = torch.device(device) if device is not None else default_device()
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device: {device!r} is not a torch device; use cpu or cuda") from None
+    double = dtype in ("float64", torch.float64)
+    if dev.type == "cpu":
+        return "numpy-sfc64" if double else "torch-cpu"
+    if dev.type == "cuda":
+        return "torch-cuda"
+    raise ConfigError(f"device: simulation runs on cpu or cuda, got {str(dev)!r}")
+
+
+def generator_device(generator: NoiseGenerator) -> str:
+    """The device type a noise generator runs on (``cpu`` or ``cuda``)."""
+    return "cuda" if generator == "torch-cuda" else "cpu"
+
+
 class NoiseSource:
-    """Fills ``(m, n)`` buffers with standard normals from one reproducible stream."""
+    """Fills ``(m, n)`` buffers with standard normals from one reproducible stream.
+
+    ``generator`` is the stream's generator (:func:`noise_generator`), recorded by datasets.
+    """
 
     def __init__(self, seed: int | np.random.SeedSequence, dtype: torch.dtype,
                  device: torch.device) -> None:
         seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        self.generator: NoiseGenerator = noise_generator(device, dtype)
         self._numpy = None
         self._torch = None
-        if device.type == "cpu" and dtype == torch.float64:
+        if self.generator == "numpy-sfc64":
             self._numpy = np.random.Generator(np.random.SFC64(seq))
         else:
             state = int(seq.generate_state(1, np.uint64)[0]) & (2**63 - 1)

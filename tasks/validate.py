@@ -44,6 +44,7 @@ def simulate_test_sets(configs: dict[str, DatasetConfig],
     paths = {}
     with dask_client(execution) as client:
         for law, config in configs.items():
+            config = config.on_device(execution.device)  # the generator is part of the id
             path = str(default_dataset_path(config.problem, config.dataset_id()))
             # Test sets are shared on purpose (every model is scored on the same data): when a
             # concurrent validation is writing this one, wait for it and reuse its chunks.

@@ -45,7 +45,8 @@ def test_layout_and_attributes(tmp_path):
     meta = group.attrs["prnf"]
     json.dumps(meta)  # plain JSON only
     assert meta["dataset_id"] == cfg.dataset_id()
-    assert meta["schema_version"] == 2 and meta["package_version"]
+    assert meta["schema_version"] == 3 and meta["package_version"]
+    assert meta["config"]["noise_generator"] == meta["resolved_config"]["noise_generator"]
     assert meta["resolved_config"]["problem_params"]["A"] == [[1.0, 0.5], [-0.5, 1.0]]
     assert meta["resolved_config"]["initial"] == {"kind": "uniform", "low": [-2.0, -2.0],
                                                   "high": [2.0, 2.0]}

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from flows.cli import app
+from prnf_core.errors import ConfigError
 from prnf_core.paths import data_root, resolve_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,8 +216,11 @@ def test_relative_path_is_taken_under_the_data_root(flow, root):
 def test_absolute_paths_and_urls_are_used_as_given(root, tmp_path):
     elsewhere = str(tmp_path / "outside" / "x.zarr")
     assert resolve_path(elsewhere, "output") == elsewhere
-    for url in ("s3://bucket/x.zarr", "models:/prnf-ou@champion", "runs:/abc/model"):
-        assert resolve_path(url, "model") == url
+    for url in ("models:/prnf-ou@champion", "runs:/abc/model"):
+        assert resolve_path(url, "model", allow_urls=True) == url
+    with pytest.raises(ConfigError, match=r"output: object-store URLs \(s3://\.\.\.\) are not "
+                                          "supported yet; give a local path"):
+        resolve_path("s3://bucket/x.zarr", "output")
     assert _params("sample.model", "models:/prnf-ou@champion").model == "models:/prnf-ou@champion"
     assert data_root() == root.resolve()
 

@@ -27,6 +27,8 @@ from prnf_core.cluster import ExecutionConfig
 from prnf_core.paths import resolve_path
 from tasks import tracking
 
+# Relative, so under the data root: a run never overwrites the committed pages by default.
+DEFAULT_OUTPUT = "results"
 EXPERIMENTS = {
     "bm1d": (bm1d.run, "Experiment 1: verification on 1-D Brownian motion (exact KL)"),
     "runaway2d": (runaway2d.run, "Experiment 2: runaway electrons (production rate vs T̂0)"),
@@ -47,9 +49,10 @@ class ReproduceParams(BaseModel):
         description="Dotted setting -> value on top of the profile, e.g. "
                     "{\"training.epochs\": 5, \"n_train\": 2000}.")
     output_dir: str = Field(
-        "docs/results",
+        DEFAULT_OUTPUT,
         description="Where the page and figures go; a relative path is taken under the data root "
-                    "(from `prnf reproduce --output`: under the working directory).")
+                    "(from `prnf reproduce --output`: under the working directory). Default: "
+                    "<data root>/results, never the committed docs/results of a checkout.")
     execution: ExecutionConfig = Field(
         default_factory=ExecutionConfig, description="Dask workers for the simulations.")
     use_registry: bool = Field(True, description="Register the trained model in MLflow.")
@@ -87,7 +90,8 @@ class ReproduceParams(BaseModel):
         for key, value in self.overrides.items():
             setting = f"{key}={json.dumps(value, separators=(',', ':'))}"
             parts.append(f"--set {shlex.quote(setting)}")
-        parts.append(f"--output {shlex.quote(self._shown_output())}")
+        if self.output_dir != DEFAULT_OUTPUT:  # the default is the CLI's default too
+            parts.append(f"--output {shlex.quote(self._shown_output())}")
         if self.execution.workers is not None:
             parts.append(f"--workers {self.execution.workers}")
         if not self.use_registry:

@@ -49,7 +49,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 class ResultPage:
-    """Collects sections of ``docs/results/<experiment>.md`` and writes them with a header."""
+    """Collects sections of ``<output_dir>/<experiment>.md`` and writes them with a header."""
 
     def __init__(self, experiment: str, title: str, output_dir: str | Path, command: str,
                  profile: str, settings: dict[str, Any]) -> None:
