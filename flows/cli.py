@@ -239,6 +239,10 @@ def train(
     config: Annotated[
         Path | None, typer.Option(help="YAML file of train parameters; options override it.")
     ] = None,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Discard the checkpoint and model in the model directory and train "
+                          "from scratch (a re-run otherwise resumes, and refuses a checkpoint "
+                          "of other settings).")] = False,
 ) -> None:
     """Train a surrogate on a dataset; writes the model directory and summary.json."""
     from flows.train import TrainParams, train_flow
@@ -258,15 +262,20 @@ def train(
         raw["data"] = data
     if out_dir is not None:
         raw["output"] = out_dir
+    if restart:
+        raw["restart"] = True
     for key in ("data", "output"):
         if isinstance(raw.get(key), str):
             raw[key] = _from_cwd(raw[key])
     summary = _start(TrainParams, train_flow, raw)
+    resumed = summary.get("resumed_epochs", 0)
     out.print(f"model: {summary['model_dir']}")
     out.print(f"summary: {summary['model_dir']}/summary.json")
     out.print(f"best val_nll {summary['best_val_nll']:.4f} (epoch {summary['best_epoch']}), "
               f"val reversibility {summary['final'].get('val_rev', 0.0):.2e}, "
-              f"{summary['epochs_run']} epochs in {summary['seconds']:.1f} s")
+              f"{summary['epochs_run']} epochs"
+              f"{f' ({resumed} resumed from the checkpoint)' if resumed else ''} "
+              f"in {summary['seconds']:.1f} s")
 
 
 @app.command()
@@ -387,19 +396,13 @@ def pipeline(
                 if v is not None})
     if param:
         raw["problem_params"] = {**_section(raw, "problem_params"), **_parse_kv(param, "--param")}
-    if epochs is not None:
-        raw["training"] = {**_default_training(), **_section(raw, "training"), "epochs": epochs}
+    if epochs is not None:  # the pipeline's training defaults fill the rest (flows.config)
+        raw["training"] = {**_section(raw, "training"), "epochs": epochs}
     if architecture is not None:
         raw["model"] = {**_section(raw, "model"), "architecture": architecture}
     if workers is not None:
         raw["execution"] = {**_section(raw, "execution"), "workers": workers}
     _print_pipeline(_start_pipeline(raw))
-
-
-def _default_training() -> dict[str, Any]:
-    from flows.config import PipelineParams
-
-    return PipelineParams.model_fields["training"].default_factory().model_dump()
 
 
 @app.command()

@@ -76,6 +76,29 @@ class CheckParams(BaseModel):
     )
 
 
+#: The pipeline's training defaults, the one definition the CLI, YAML files and the Prefect form
+#: share: a ``training`` mapping that leaves a field out gets it from here (or from its preset),
+#: not from :class:`TrainConfig`'s own defaults, which suit a standalone `prnf train`.
+PIPELINE_TRAINING_DEFAULTS: dict[str, Any] = {
+    "epochs": 40, "batch_size": 256, "lr": 3e-3, "progress": False,
+}
+
+
+def with_pipeline_defaults(training: dict[str, Any]) -> dict[str, Any]:
+    """A ``training`` mapping completed with :data:`PIPELINE_TRAINING_DEFAULTS`, in the order
+    explicit fields, then the preset's, then these defaults (the preset fills the rest when
+    :class:`TrainConfig` validates it)."""
+    preset = training.get("preset")
+    decided = TrainConfig.preset_fields(preset if isinstance(preset, str) else None)
+    defaults = {k: v for k, v in PIPELINE_TRAINING_DEFAULTS.items() if k not in decided}
+    return {**defaults, **training}
+
+
+def pipeline_training(**fields: Any) -> TrainConfig:
+    """The pipeline's training settings with ``fields`` given explicitly."""
+    return TrainConfig.model_validate(with_pipeline_defaults(fields))
+
+
 class PipelineParams(BaseModel):
     """Simulate -> train -> validate -> register/promote, in one form."""
 
@@ -95,8 +118,10 @@ class PipelineParams(BaseModel):
     dtype: DType = Field("float64", description="Simulation precision.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Surrogate architecture.")
     training: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(epochs=40, batch_size=256, lr=3e-3, progress=False),
-        description="Optimization settings.",
+        default_factory=pipeline_training,
+        description="Optimization settings; fields left out take the pipeline's defaults "
+                    "(40 epochs, batch 256, lr 3e-3, no progress bar) unless a preset gives "
+                    "them. Explicit fields win over the preset.",
     )
     validation: ValidationConfig = Field(
         default_factory=ValidationConfig, description="Fresh-simulation validation."
@@ -107,6 +132,13 @@ class PipelineParams(BaseModel):
     use_registry: bool = Field(
         True, description="Register the model in MLflow and apply the promotion gate."
     )
+
+    @field_validator("training", mode="before")
+    @classmethod
+    def _training_defaults(cls, value: Any) -> Any:
+        """A mapping (YAML, Prefect form, CLI) gets the pipeline's defaults for what it leaves
+        out; a ready :class:`TrainConfig` is taken as it is."""
+        return with_pipeline_defaults(value) if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _check(self) -> PipelineParams:

@@ -29,6 +29,11 @@ class TrainParams(BaseModel):
         None, description="Model directory; default: <data root>/models/<dataset>-<arch>-<hash>. "
                           "A relative path is taken under the data root and may not leave it.",
     )
+    restart: bool = Field(
+        False, description="Discard the checkpoint and model already in the model directory and "
+                           "train from scratch. Without it a re-run resumes, and state written "
+                           "for other data, model or training settings is refused.",
+    )
 
     @field_validator("data", "output")
     @classmethod
@@ -48,6 +53,8 @@ def default_model_dir(params: TrainParams) -> str:
 
 @flow(name="train", log_prints=True)
 def train_flow(params: TrainParams) -> dict[str, Any]:
-    """Train a surrogate on a dataset store and save it; resumes from its checkpoint."""
+    """Train a surrogate on a dataset store and save it; resumes from its checkpoint (one
+    written for the same settings) unless ``restart``."""
     output = params.output or default_model_dir(params)
-    return train_model(params.data, params.model, params.training, output)
+    return train_model(params.data, params.model, params.training, output,
+                       restart=params.restart)

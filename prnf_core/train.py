@@ -7,6 +7,12 @@ weights are restored at the end. A NaN/inf loss stops training with
 :class:`TrainingDivergedError`; the last good checkpoint on disk is kept, and ``fit(...,
 resume=True)`` continues from it.
 
+A checkpoint records the :func:`training_fingerprint` of the run that wrote it (data, model and
+the training settings that shape the weights). Resuming under other settings would put one
+run's weights under another run's metadata, so it is refused with
+:class:`CheckpointMismatchError` naming the fields that differ; ``restart=True`` discards the
+checkpoint instead.
+
 Metrics reach the outside world through callbacks ``callback(kind, index, metrics)`` with
 ``kind`` in ``{"step", "epoch"}``, so the MLflow layer can log them without ``prnf_core``
 importing MLflow. Validation NLL is reported in physical units: :math:`-\frac1N\sum\log q(y\mid
@@ -26,6 +32,8 @@ x_0)`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -38,7 +46,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prnf_core.errors import ConfigError, PrnfError
-from prnf_core.models.base import ConditionalSampler, to_tensor
+from prnf_core.models.base import ConditionalSampler, ModelConfig, to_tensor
 
 Callback = Callable[[str, int, dict[str, float]], None]
 
@@ -47,12 +55,28 @@ class TrainingDivergedError(PrnfError, FloatingPointError):
     """The loss became NaN/inf; the last good checkpoint (if any) is kept."""
 
 
+class CheckpointMismatchError(ConfigError):
+    """A checkpoint (or saved model) was written for other data, model or training settings."""
+
+
+#: Values each preset gives to the fields the user did not set. Explicit values always win:
+#: ``TrainConfig(preset="paper", epochs=5)`` trains 5 epochs, not the preset's iterations.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"iterations": 30_000, "batch_size": 5000, "lr": 1e-3, "lam": 100.0,
+              "lr_schedule": "step", "lr_milestones": [3000], "lr_decay": 0.5},
+}
+
+
 class TrainConfig(BaseModel):
     """Optimization settings. ``preset="paper"`` = the paper's 3-D example (a GPU-sized run)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int | None = Field(30, ge=1, description="Passes over the training split.")
+    epochs: int | None = Field(
+        30, ge=1, description="Passes over the training split. Given explicitly with a preset "
+                              "that sets iterations, epochs win and the preset's iterations "
+                              "are not applied.",
+    )
     iterations: int | None = Field(
         None, ge=1, description="Gradient steps instead of epochs (overrides epochs)."
     )
@@ -83,15 +107,45 @@ class TrainConfig(BaseModel):
                     "threads on a busy 2-core machine.",
     )
     preset: Literal["paper"] | None = Field(
-        None, description="'paper': 30,000 iterations, batch 5000, lr 1e-3 -> 5e-4 at 3000, λ=100.",
+        None, description="'paper': 30,000 iterations, batch 5000, lr 1e-3 -> 5e-4 at 3000, "
+                          "λ=100. Fills only the fields not given explicitly: an explicit "
+                          "field (or explicit epochs, instead of the preset's iterations) wins, "
+                          "in the CLI, YAML and the Prefect form alike.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """Fill absent keys from the preset, before validation, so explicit values win.
+
+        Done on the raw input (not after validation) because afterwards a default and an
+        explicit value of the same field can no longer be told apart.
+        """
+        if isinstance(data, dict) and isinstance(data.get("preset"), str):
+            return {**_preset_values(data["preset"], data), **data}
+        return data
+
     @model_validator(mode="after")
-    def _apply_preset(self) -> TrainConfig:
-        if self.preset == "paper":
-            self.iterations, self.batch_size, self.lr, self.lam = 30_000, 5000, 1e-3, 100.0
-            self.lr_schedule, self.lr_milestones, self.lr_decay = "step", [3000], 0.5
+    def _has_length(self) -> TrainConfig:
+        if self.epochs is None and self.iterations is None:
+            raise ValueError("epochs: give epochs or iterations (both are None)")
         return self
+
+    @classmethod
+    def preset_fields(cls, preset: str | None) -> set[str]:
+        """The fields a preset decides when they are not given: with ``iterations`` comes
+        ``epochs`` (a default epochs count set alongside would cancel the preset's length)."""
+        fields = set(TRAIN_PRESETS.get(preset or "", {}))
+        return fields | {"epochs"} if "iterations" in fields else fields
+
+
+def _preset_values(preset: str, given: dict[str, Any]) -> dict[str, Any]:
+    """What ``preset`` contributes to an input that sets the keys in ``given``: only absent
+    keys, and no ``iterations`` when ``epochs`` is given (explicit epochs win)."""
+    values = dict(TRAIN_PRESETS.get(preset, {}))
+    if given.get("epochs") is not None:
+        values.pop("iterations", None)
+    return {k: v for k, v in values.items() if k not in given}
 
 
 @dataclass
@@ -107,6 +161,7 @@ class FitResult:
     seconds: float = 0.0
     n_train: int = 0
     n_val: int = 0
+    resumed_epochs: int = 0  # epochs taken over from the checkpoint (0: trained from scratch)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "history"}
@@ -123,6 +178,98 @@ def training_pairs(data: Any) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(data, tuple | list) and len(data) == 2:
         return np.asarray(data[0]), np.asarray(data[1])
     raise ConfigError(f"data: expected a Dataset, a store path or (x0, xT); got {type(data)}")
+
+
+#: TrainConfig fields that never change the weights: display, logging, CPU threads, and the
+#: preset's name (the values it gave are in the other fields).
+COSMETIC_TRAINING_FIELDS = frozenset({"progress", "log_every", "threads", "preset"})
+#: Fields that only say where training stops. They enter the fingerprint only where they also
+#: shape the steps before (the cosine schedule's horizon), so that a finished run with a
+#: constant or step schedule can be continued for more epochs, bit-identical to a longer run.
+STOPPING_FIELDS = frozenset({"epochs", "iterations", "patience"})
+
+
+def data_id(data: Any, pairs: tuple[np.ndarray, np.ndarray] | None = None) -> str:
+    """The identity of training data: a store's dataset id, else a hash of the arrays' bytes
+    (with shapes and dtypes), so a checkpoint can tell whether it was trained on the same data."""
+    from prnf_core.dataset import Dataset, open_dataset
+
+    if isinstance(data, str | Path):
+        data = open_dataset(data)
+    if isinstance(data, Dataset):
+        return data.dataset_id
+    digest = hashlib.sha256()
+    for array in pairs if pairs is not None else training_pairs(data):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape};".encode())
+        digest.update(array.tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def training_fingerprint(data: str, model: ModelConfig, training: TrainConfig
+                         ) -> tuple[dict[str, Any], str]:
+    """The settings that determine a run's weights, as flat ``{"field": value}`` and a hash.
+
+    Args:
+        data: The data's identity (:func:`data_id`: a dataset id or an array hash).
+        model: The resolved :class:`~prnf_core.models.ModelConfig` (``dim`` set); every field
+            but ``preset`` shapes the network.
+        training: The :class:`TrainConfig`; :data:`COSMETIC_TRAINING_FIELDS` are left out, and
+            :data:`STOPPING_FIELDS` unless the cosine schedule makes the horizon matter.
+    """
+    fields: dict[str, Any] = {"data.id": data}
+    fields.update({f"model.{k}": v for k, v in
+                   model.model_dump(mode="json", exclude={"preset"}).items()})
+    trained = training.model_dump(mode="json",
+                                  exclude=set(COSMETIC_TRAINING_FIELDS | STOPPING_FIELDS))
+    if training.lr_schedule == "cosine":  # T_max = total steps: the lr of every step
+        length = "iterations" if training.iterations is not None else "epochs"
+        trained[length] = getattr(training, length)
+    fields.update({f"training.{k}": v for k, v in trained.items()})
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    return fields, digest
+
+
+def check_fingerprint(recorded: Any, fields: dict[str, Any], field: str, source: str) -> None:
+    """Refuse to continue from ``source`` unless it was written for ``fields``.
+
+    Raises:
+        CheckpointMismatchError: naming every field that differs, or saying that ``source``
+            records no fingerprint (written before fingerprints existed).
+    """
+    advice = "pass --restart (restart=True) to discard it and train from scratch"
+    old = recorded.get("fields") if isinstance(recorded, dict) else None
+    if not isinstance(old, dict):
+        raise CheckpointMismatchError(
+            f"{field}: {source} records no training fingerprint (written by an older prnf), so "
+            f"it cannot be checked against these settings; {advice}")
+    differ = sorted(k for k in old.keys() | fields.keys() if old.get(k) != fields.get(k))
+    if differ:
+        was = ", ".join(f"{k}={old.get(k)!r}" for k in differ)
+        now = ", ".join(f"{k}={fields.get(k)!r}" for k in differ)
+        raise CheckpointMismatchError(
+            f"{field}: {source} was written for {was}; not for {now}; {advice}")
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str) -> dict[str, Any]:
+    """Load ``checkpoint.pt`` on the CPU and place each part where resuming needs it.
+
+    Loading with ``map_location=<model device>`` would also move the shuffling generator's
+    state, and ``torch.Generator.set_state`` of the CPU generator accepts only a CPU
+    ``ByteTensor``: a CUDA run could not resume. So everything is read on the CPU; the current
+    and best weights then go to ``device``, the generator state stays on the CPU, and the
+    optimizer state is left to ``Optimizer.load_state_dict``, which casts it to each
+    parameter's device. Tested on the CPU with the "meta" device standing in for a GPU; not
+    run on a GPU here.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+
+    def to_device(weights: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        return None if weights is None else {k: v.to(device) for k, v in weights.items()}
+
+    return {**state, "model": to_device(state["model"]),
+            "best_model": to_device(state.get("best_model")),
+            "generator": state["generator"].cpu()}
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,6 +310,7 @@ def fit(
     callbacks: list[Callback] | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    restart: bool = False,
 ) -> FitResult:
     """Train ``model`` in place on ``data`` and return a :class:`FitResult`.
 
@@ -172,20 +320,33 @@ def fit(
         config: Optimization settings (defaults: :class:`TrainConfig`).
         callbacks: ``callback(kind, index, metrics)`` for "step" and "epoch" events.
         checkpoint_dir: Where to keep ``checkpoint.pt`` (last good epoch, atomic writes).
-        resume: Continue from ``checkpoint_dir/checkpoint.pt`` if it exists.
+        resume: Continue from ``checkpoint_dir/checkpoint.pt`` if it exists; one written for
+            other data, model or training settings raises :class:`CheckpointMismatchError`.
+        restart: Delete an existing checkpoint first and train from scratch.
     """
     config = config or TrainConfig()
     previous_threads = torch.get_num_threads()
     if config.threads is not None and model.device.type == "cpu":
         torch.set_num_threads(config.threads)
     try:
-        return _fit(model, data, config, callbacks or [], checkpoint_dir, resume)
+        return _fit(model, data, config, callbacks or [], checkpoint_dir, resume, restart)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: list[Callback],
-         checkpoint_dir: str | Path | None, resume: bool) -> FitResult:
+         checkpoint_dir: str | Path | None, resume: bool, restart: bool) -> FitResult:
+    from prnf_core.dataset import open_dataset
+
+    if isinstance(data, str | Path):
+        data = open_dataset(data)
+    if model.config.cond_dim:
+        # Training pairs carry no condition features: the loss would subtract the
+        # condition mean from None (a TypeError deep in the first step).
+        raise ConfigError(
+            f"model.cond_dim: fit trains on (x0, X_T) pairs without condition features, so a "
+            f"model with cond_dim={model.config.cond_dim} cannot be trained; use cond_dim=0"
+        )
     x0_np, y_np = training_pairs(data)
     device, dtype = model.device, model.dtype
     data_dim = x0_np.shape[1] if x0_np.ndim == 2 else None
@@ -222,8 +383,15 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
     best_state = None
     start_epoch = 0
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+    fingerprint = None
+    if ckpt is not None:
+        fingerprint = training_fingerprint(data_id(data, (x0_np, y_np)), model.config, config)
+        if restart:
+            ckpt.unlink(missing_ok=True)
     if resume and ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
+        state = load_checkpoint(ckpt, device)
+        check_fingerprint(state.get("training_fingerprint"), fingerprint[0], "checkpoint",
+                          str(ckpt))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -234,6 +402,10 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
         result.best_epoch = int(state["best_epoch"])
         best_state = state["best_model"]
         result.history = list(state["history"])
+        result.epochs_run = result.resumed_epochs = start_epoch
+        if config.patience is not None and start_epoch - 1 - result.best_epoch >= config.patience:
+            result.stopped_early = True  # it had stopped: a re-run trains no further epoch
+            epochs = start_epoch
 
     started = time.perf_counter()
     bar = _progress(config.progress, epochs, start_epoch)
@@ -289,7 +461,8 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
             for cb in callbacks:
                 cb("epoch", epoch, metrics)
             if ckpt is not None:
-                _save_checkpoint(ckpt, model, optimizer, scheduler, gen, epoch, result, best_state)
+                _save_checkpoint(ckpt, model, optimizer, scheduler, gen, epoch, result, best_state,
+                                 fingerprint)
             if bar is not None:
                 bar.update(bar.task_ids[0], advance=1,
                            description=f"train val_nll={metrics['val_nll']:.4f} "
@@ -310,7 +483,8 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, gen, epoch: int,
-                     result: FitResult, best_state) -> None:
+                     result: FitResult, best_state, fingerprint: tuple[dict[str, Any], str]
+                     ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({
@@ -319,6 +493,7 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, gen, epoch: int,
         "steps": result.steps, "best_val_nll": result.best_val_nll,
         "best_epoch": result.best_epoch, "best_model": best_state,
         "history": result.history,
+        "training_fingerprint": {"fields": fingerprint[0], "hash": fingerprint[1]},
     }, tmp)
     tmp.replace(path)  # atomic: a kill mid-write never leaves a truncated checkpoint
 

@@ -12,18 +12,23 @@ from prefect.logging import get_run_logger
 from prnf_core.dataset import open_dataset
 from prnf_core.errors import ConfigError
 from prnf_core.models import ModelConfig, build_model
-from prnf_core.train import TrainConfig, fit
+from prnf_core.train import TrainConfig, check_fingerprint, fit, training_fingerprint
 from tasks.progress import Reporter
 
 
 @task(name="train-model")
 def train_model(data: str, model: ModelConfig, training: TrainConfig,
                 output: str, resume: bool = True,
-                tracking_run_id: str | None = None) -> dict[str, Any]:
+                tracking_run_id: str | None = None, restart: bool = False) -> dict[str, Any]:
     """Train on the store at ``data``; save weights, config and ``summary.json`` to ``output``.
 
     A checkpoint is kept in ``output`` after every epoch, so a re-run after a kill resumes.
     With ``tracking_run_id``, per-step and per-epoch metrics go to that MLflow run.
+
+    ``output`` only ever holds one run's state: a checkpoint or finished model written for
+    other data, model or training settings is refused (:class:`CheckpointMismatchError`),
+    and ``restart`` deletes it, and the finished model's files, before training from scratch,
+    so that a kill during the new run cannot leave the old weights next to its checkpoint.
     """
     logger = get_run_logger()
     dataset = open_dataset(data)
@@ -32,6 +37,16 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
             f"model.dim: {model.dim} does not match the dataset's dimension {dataset.dim}"
         )
     model = model.model_copy(update={"dim": dataset.dim})
+    out = Path(output)
+    fields, digest = training_fingerprint(dataset.dataset_id, model, training)
+    if restart:  # the checkpoint first: once it is gone nothing stale can be resumed
+        for name in ("checkpoint.pt", "config.json", "weights.pt", "summary.json",
+                     "history.json"):
+            (out / name).unlink(missing_ok=True)
+    elif (out / "config.json").is_file() and not (out / "checkpoint.pt").is_file():
+        # A finished model without its checkpoint (fit checks the checkpoint itself).
+        check_fingerprint(json.loads((out / "config.json").read_text()).get(
+            "training_fingerprint"), fields, "output", str(out / "config.json"))
     net = build_model(model, seed=training.seed)
     reporter = Reporter("train (epochs)", key=None)
     epochs_total = training.epochs or 1
@@ -56,13 +71,13 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
                         step=index)
 
         callbacks.append(to_mlflow)
-    out = Path(output)
     result = fit(net, dataset, training, callbacks=callbacks, checkpoint_dir=out,
-                 resume=resume)
+                 resume=resume, restart=restart)
     problem = dataset.meta["problem"]
     net.save(out, extra={"dataset_id": dataset.dataset_id, "dataset_path": dataset.path,
                          "dataset_config": dataset.meta["resolved_config"], "problem": problem,
                          "training": training.model_dump(mode="json"),
+                         "training_fingerprint": {"fields": fields, "hash": digest},
                          "train_seconds": result.seconds + dataset.simulation_seconds()})
     summary = {
         "model_dir": str(out),

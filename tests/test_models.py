@@ -138,8 +138,10 @@ def test_nsf_is_exactly_invertible():
 
 
 def test_paper_preset():
-    cfg = ModelConfig(dim=3, preset="paper", hidden_width=7)
+    cfg = ModelConfig(dim=3, preset="paper")
     assert (cfg.hidden_width, cfg.hidden_layers, cfg.activation) == (512, 2, "tanh")
+    cfg = ModelConfig(dim=3, preset="paper", hidden_width=7)  # an explicit field wins
+    assert (cfg.hidden_width, cfg.hidden_layers, cfg.activation) == (7, 2, "tanh")
 
 
 @pytest.mark.parametrize("activation", ["tanh", "silu", "softplus", "gelu", "elu"])

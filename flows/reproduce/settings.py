@@ -179,6 +179,13 @@ def resolve_settings(experiment: str, profile: str, overrides: dict[str, Any]
             base[section].pop("preset", None)
     for key, value in overrides.items():
         _set_dotted(base, key, value)
+    # Explicit epochs win over the profile's iterations (the paper preset's 30,000), as they
+    # do over a preset's in TrainConfig: `--set training.epochs=5` trains 5 epochs.
+    for key in overrides:
+        section, _, name = key.rpartition(".")
+        if (name == "epochs" and f"{section}.iterations" not in overrides
+                and isinstance(base.get(section), dict)):
+            base[section]["iterations"] = None
     return SETTINGS_CLASSES[experiment].model_validate(base)
 
 

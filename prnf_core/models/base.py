@@ -34,6 +34,12 @@ Activation = Literal["tanh", "silu", "softplus", "gelu", "elu"]
 ArrayLike = np.ndarray | torch.Tensor
 
 
+#: Values each preset gives to the fields the user did not set (explicit values win).
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"hidden_width": 512, "hidden_layers": 2, "activation": "tanh"},
+}
+
+
 class ModelConfig(BaseModel):
     """Architecture and size of a surrogate. ``preset="paper"`` = 2 hidden layers of 512, tanh."""
 
@@ -51,14 +57,22 @@ class ModelConfig(BaseModel):
     bins: int = Field(8, ge=2, description="Spline bins (nsf).")
     dtype: Literal["float32", "float64"] = Field("float32", description="Parameter precision.")
     preset: Literal["paper"] | None = Field(
-        None, description="'paper': width 512, 2 hidden layers, tanh (overrides those fields)."
+        None, description="'paper': width 512, 2 hidden layers, tanh, for those of these fields "
+                          "not given explicitly (an explicit --width 64 stays 64), in the CLI, "
+                          "YAML and the Prefect form alike.",
     )
 
-    @model_validator(mode="after")
-    def _apply_preset(self) -> ModelConfig:
-        if self.preset == "paper":
-            self.hidden_width, self.hidden_layers, self.activation = 512, 2, "tanh"
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """Fill absent keys from the preset, before validation, so explicit values win.
+
+        Done on the raw input (not after validation) because afterwards a default and an
+        explicit value of the same field can no longer be told apart.
+        """
+        if isinstance(data, dict) and isinstance(data.get("preset"), str):
+            return {**MODEL_PRESETS.get(data["preset"], {}), **data}
+        return data
 
 
 def to_tensor(x: ArrayLike, name: str, dim: int | None, device: torch.device,
