@@ -1,11 +1,24 @@
-"""The ``prnf`` command line. Each command validates its input, then starts a flow."""
+"""The ``prnf`` command line. Each command validates its input, then starts a flow.
+
+Errors: every command runs inside :class:`_Guarded`, which turns any exception into one line
+on stderr: bad input (a prnf error, a pydantic ``ValidationError``, a missing file) exits 2 with
+its message, which names the field; anything else is unexpected and exits 1 naming the
+exception and a log file, ``<data root>/logs/prnf-<time>-<pid>.log``, that holds the full
+traceback. ``prnf --debug COMMAND`` also prints tracebacks on the terminal (Prefect's log lines
+of a failed flow or task carry theirs only then).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shlex
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,18 +29,142 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 import flows  # noqa: F401  (service defaults)
 from prnf_core.errors import PrnfError
 from prnf_core.paths import is_url
 
+
+class _Guarded(TyperGroup):
+    """The ``prnf`` command group: the one place where a command's errors are reported."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        ctx.meta["prnf.argv"] = list(args)  # for the log file of an unexpected error
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        global _brief_logs
+        debug = bool(ctx.params.get("debug"))
+        _brief_logs = not debug
+        if "prefect" in sys.modules:
+            _quiet_log_tracebacks()
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # exits and usage errors: typer reports them
+        except Exception as exc:
+            _report(exc, debug, ctx.meta.get("prnf.argv", []))
+        finally:
+            _brief_logs = False
+
+
 app = typer.Typer(
     help="prnf: surrogate samplers for SDEs (simulate, train, validate, sample).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_Guarded,
 )
 console = Console(stderr=True)
 out = Console()
+
+# While a command runs without --debug, terminal log handlers leave tracebacks out.
+_brief_logs = False
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show full tracebacks on the terminal (otherwise an error is one line; "
+                        "an unexpected one names a log file with its traceback).")] = False,
+) -> None:
+    """Options of every command (read by :class:`_Guarded`)."""
+
+
+def _bad_input(exc: BaseException) -> str | None:
+    """The one-line message of an error that is the user's to fix (exit 2), else None.
+
+    Prefect re-raises a flow's or task's exception itself; should it wrap one (its own
+    exception types), the prnf error in the chain is the one reported.
+    """
+    if isinstance(exc, ValidationError):
+        return format_validation_error(exc)
+    if isinstance(exc, PrnfError | FileNotFoundError):
+        return str(exc)
+    if type(exc).__module__.split(".")[0] == "prefect":
+        inner = exc.__cause__ or exc.__context__
+        return _bad_input(inner) if inner is not None else None
+    return None
+
+
+def _report(exc: Exception, debug: bool, argv: list[str]) -> None:
+    """Report ``exc`` in one line and exit: 2 for bad input, 1 (with a log file holding the
+    traceback) for an unexpected failure. With ``debug``, the traceback is printed first."""
+    text = "".join(traceback.format_exception(exc))
+    if debug:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    message = _bad_input(exc)
+    if message is not None:
+        _fail(message)
+    log = _write_log(text, argv)
+    where = f"the traceback is in {log}" if log else "no log file could be written"
+    cause = " ".join(str(exc).split())[:300]
+    _fail(f"unexpected {type(exc).__name__}{': ' + cause if cause else ''} ({where}; "
+          "`prnf --debug ...` shows it here)", code=1)
+
+
+def _write_log(text: str, argv: list[str]) -> Path | None:
+    """Write an unexpected error's traceback to ``<data root>/logs`` (else the temp dir)."""
+    from prnf_core import __version__
+    from prnf_core.paths import data_root
+
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    header = (f"prnf {__version__} (Python {sys.version.split()[0]}), pid {os.getpid()}, "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}\n"
+              f"command: prnf {shlex.join(argv)}\ncwd: {os.getcwd()}\n\n")
+    for folder in (data_root() / "logs", Path(tempfile.gettempdir())):
+        path = folder / f"prnf-{stamp}-{os.getpid()}.log"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(header + text)
+        except OSError:
+            continue
+        return path
+    return None
+
+
+class _BriefFormatter(logging.Formatter):
+    """A terminal handler's own formatter, minus the traceback while :data:`_brief_logs`."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not _brief_logs:
+            return self.inner.format(record)
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:  # other handlers (Prefect's API log) still get the traceback
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _quiet_log_tracebacks() -> None:
+    """Give every terminal log handler (Prefect's console handler logs a failing flow's
+    traceback) a :class:`_BriefFormatter`. Called once Prefect has set its logging up."""
+    # list(): one C-level copy, so that a logger created meanwhile by another thread (Prefect
+    # runs some) cannot change the dict under the loop
+    known = list(logging.Logger.manager.loggerDict.values())
+    loggers = [logging.getLogger(), *(x for x in known if isinstance(x, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if (isinstance(handler, logging.StreamHandler)
+                    and not isinstance(handler, logging.FileHandler)
+                    and not isinstance(handler.formatter, _BriefFormatter)):
+                handler.setFormatter(_BriefFormatter(handler.formatter))
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -124,16 +261,17 @@ def problems() -> None:
 
 
 def _start(params_model: type, run, raw: dict[str, Any]) -> Any:
-    """Validate ``raw`` into ``params_model`` (exit 2 naming the fields), then run the flow
-    with a progress bar; prnf's own errors and missing files exit 2 with their message."""
-    try:
-        params = params_model.model_validate(raw)
-    except ValidationError as exc:
-        _fail(format_validation_error(exc))
-    try:
-        return _run_with_progress(run, params)
-    except (PrnfError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    """Validate ``raw`` into ``params_model``, then run the flow with a progress bar. A
+    ``ValidationError`` (exit 2 naming the fields) and the flow's errors are reported by
+    :class:`_Guarded`."""
+    params = params_model.model_validate(raw)
+    return _run_with_progress(run, params)
+
+
+def _run_flow(run, *args: Any) -> Any:
+    """Run a flow (Prefect is imported by now) with brief terminal logs unless --debug."""
+    _quiet_log_tracebacks()
+    return run(*args)
 
 
 def _run_with_progress(run, *args: Any) -> Any:
@@ -149,7 +287,7 @@ def _run_with_progress(run, *args: Any) -> Any:
             bar.update(tasks_by_name[what], completed=done, total=total)
 
         with listening(update):
-            return run(*args)
+            return _run_flow(run, *args)
 
 
 @app.command()
@@ -300,7 +438,7 @@ def sample(
     except ValidationError as exc:
         _fail(format_validation_error(exc))
     try:
-        result = sample_flow(params)
+        result = _run_flow(sample_flow, params)
     except (PrnfError, OSError) as exc:
         _fail(str(exc))
     out.print(f"wrote {result['n']} samples of X_T (d={result['dim']}) to {result['out']} "
@@ -340,10 +478,7 @@ def info(store: Annotated[Path, typer.Argument(help="Dataset store path.")]) -> 
     """Show a dataset's id, configuration and completion."""
     from prnf_core.dataset import open_dataset
 
-    try:
-        dataset = open_dataset(store)
-    except (FileNotFoundError, PrnfError) as exc:
-        _fail(str(exc))
+    dataset = open_dataset(store)  # a missing or bad store: exit 2 by _Guarded
     meta = dataset.meta
     missing = dataset.missing_chunks()
     out.print(f"dataset id: {meta['dataset_id']}  (schema {meta['schema_version']}, "

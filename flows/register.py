@@ -2,6 +2,11 @@
 
 Used when a pipeline run trained a model but could not register it (e.g. the tracking server
 was down): the dataset and the model directory are kept, and this flow completes the job.
+
+Idempotent: if a version with this directory's identity (path and weights hash,
+:func:`tasks.registry.model_identity`) exists already (the server died after the version was
+created), its logged model is reused instead of logging the model again, and the same version
+comes back, validated and gated again; no duplicate version is made.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from prnf_core.dataset import open_dataset
 from prnf_core.errors import ConfigError
 from prnf_core.models import load_metadata
 from prnf_core.paths import resolve_path
-from tasks import tracking
+from tasks import registry, tracking
 from tasks.pyfunc import log_surrogate
 
 
@@ -49,9 +54,15 @@ def register_flow(params: RegisterParams) -> dict[str, Any]:
     parent = tracking.start_run(client, experiment, "register",
                                 tags={"model_dir": params.model_dir})
     try:
-        with tracking.child_run(client, experiment, "log-model", parent) as run_id:
-            x0_example = open_dataset(meta["dataset_path"]).load("x0")[:5]
-            model_uri = log_surrogate(params.model_dir, run_id, x0_example)
+        existing = registry.find_version(client, registry.model_identity(params.model_dir))
+        model_uri = registry.logged_model_uri(existing) if existing is not None else None
+        if model_uri is not None:
+            tracking.set_tags(client, parent, {"reused_model_version":
+                                               f"{existing.name}/{existing.version}"})
+        else:
+            with tracking.child_run(client, experiment, "log-model", parent) as run_id:
+                x0_example = open_dataset(meta["dataset_path"]).load("x0")[:5]
+                model_uri = log_surrogate(params.model_dir, run_id, x0_example)
         result = validate_and_register(pipeline, client, experiment, parent, params.model_dir,
                                        model_uri, train_seconds=float(meta["train_seconds"]))
     except BaseException:

@@ -46,6 +46,7 @@ def validate_flow(params: ValidateParams) -> dict[str, Any]:
                                   validation=params.validation, execution=params.execution,
                                   model={"dim": surrogate.model.dim})
     client = tracking.configure()
+    tracking.check_reachable(client)  # also ends runs an outage or a kill left RUNNING
     experiment = tracking.experiment_id(client, problem)
     with tracking.child_run(client, experiment, "validate", None,
                             tags={"model": params.model}) as run_id:

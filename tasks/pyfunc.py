@@ -5,7 +5,9 @@ log-density is reachable from the loaded model:
 ``mlflow.pyfunc.load_model(uri).unwrap_python_model().log_prob(y, x0)``.
 
 Logged as "models from code" (``tasks/pyfunc_entry.py``), not a cloudpickled object. Loading any
-pyfunc model runs Python code stored with it: load models only from registries you trust.
+pyfunc model runs Python code stored with it: load models only from registries you trust. That
+code imports prnf, so the logged requirements pin ``prnf==<this version>`` next to its
+dependencies: an environment built from them can load the model.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import mlflow
 import numpy as np
 from mlflow.models import infer_signature
 
+from prnf_core import __version__
+
 PIP_REQUIREMENTS = [
+    f"prnf=={__version__}",
     "torch>=2.4,<2.15", "numpy>=1.26", "scipy>=1.11", "pydantic>=2.7,<3", "zuko>=1.2",
     "zarr>=3.1,<4", "pyyaml>=6",
 ]
@@ -32,7 +37,11 @@ class SurrogatePyfunc(mlflow.pyfunc.PythonModel):
         self.model = load_model(context.artifacts["model"])
         self.metadata = load_metadata(context.artifacts["model"])
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
+    def predict(self, context: Any, model_input: np.ndarray,
+                params: dict[str, Any] | None = None) -> np.ndarray:
+        """One X_T per x0 row. MLflow reads these hints: ``np.ndarray`` is a type it accepts
+        without inferring a schema from it (the logged signature comes from an example), and a
+        hint-less ``predict`` would make it warn at every import."""
         import torch
 
         x0 = np.asarray(model_input, dtype=np.float64)
@@ -52,8 +61,13 @@ class SurrogatePyfunc(mlflow.pyfunc.PythonModel):
 
 
 def log_surrogate(model_dir: str | Path, run_id: str, example_x0: np.ndarray) -> str:
-    """Log the model directory as a pyfunc model under ``run_id``; return its model URI."""
+    """Log the model directory as a pyfunc model under ``run_id``; return its model URI.
+
+    The logged model is tagged with the directory's identity (:func:`tasks.registry.
+    model_identity`), by which registering it again reuses its model version.
+    """
     from prnf_core.models import load_model
+    from tasks.registry import model_identity
 
     model = load_model(model_dir, device="cpu")
     import torch
@@ -70,6 +84,7 @@ def log_surrogate(model_dir: str | Path, run_id: str, example_x0: np.ndarray) ->
             pip_requirements=PIP_REQUIREMENTS,
             signature=signature,
             input_example=example_x0.astype(np.float64),
+            tags=model_identity(model_dir),
         )
     return info.model_uri
 

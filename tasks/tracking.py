@@ -12,19 +12,29 @@ A server that stops answering costs each MLflow call a bounded time (``_RETRY_EN
 with 0 + 2 + 4 s of back-off plus up to 1 s of jitter each, i.e. ~6-9 s when connections are
 refused; 20 s per attempt when a hung server accepts them but never answers), after which the
 call raises; :func:`is_unavailable` tells such a failure from an ordinary MLflow error.
+
+Interrupted runs. A run whose process died (killed, or ended by a tracking outage: a run cannot
+be marked FAILED on a server that is gone) would stay RUNNING forever. Every run prnf starts
+records its owner in tags (``prnf.host``, ``prnf.pid``, ``prnf.pid_started``: the process's
+creation time, which tells a live owner from a recycled pid), and every flow that starts
+tracking (:func:`check_reachable`) first marks the orphans FAILED (:func:`fail_interrupted_runs`,
+the rule is there), with a ``prnf.failed_reason`` tag.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import psutil
 import requests
 import urllib3
 from mlflow import MlflowClient
@@ -110,9 +120,18 @@ def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None
                      synchronous=True)
 
 
+def owner_tags() -> dict[str, str]:
+    """Who runs this process: the tags by which :func:`fail_interrupted_runs` tells a run
+    whose owner is gone from one still running."""
+    created = psutil.Process().create_time()
+    return {"prnf.host": socket.gethostname(), "prnf.pid": str(os.getpid()),
+            "prnf.pid_started": f"{created:.3f}"}
+
+
 def start_run(client: MlflowClient, experiment: str, name: str,
               parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
-    all_tags = {"prnf.step": name, **(tags or {})}
+    """Create a run (a child of ``parent_run_id`` if given) tagged with its step and owner."""
+    all_tags = {"prnf.step": name, **owner_tags(), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     return client.create_run(experiment, run_name=name, tags=all_tags).info.run_id
@@ -150,7 +169,9 @@ def run_url(run_id: str, experiment: str) -> str:
 
 
 def check_reachable(client: MlflowClient) -> None:
-    """Fail fast with a clear message when a remote tracking server does not answer."""
+    """Fail fast with a clear message when a remote tracking server does not answer; once it
+    does, mark the runs an earlier outage or kill left RUNNING as FAILED
+    (:func:`fail_interrupted_runs`). Every flow that tracks calls this first."""
     try:
         client.search_experiments(max_results=1)
     except Exception as exc:
@@ -158,6 +179,82 @@ def check_reachable(client: MlflowClient) -> None:
             f"MLflow tracking server {tracking_uri()} is unreachable after bounded retries: "
             f"{type(exc).__name__}: {str(exc)[:300]}"
         ) from exc
+    try:
+        fail_interrupted_runs(client)
+    except Exception as exc:  # housekeeping must never stop the run that does it
+        logging.getLogger(__name__).warning("could not check for interrupted MLflow runs: %s",
+                                            describe(exc))
+
+
+#: A RUNNING run that this host cannot check (another host's, or one without owner tags) is
+#: taken for interrupted only this long after it started: a week, far beyond any prnf run.
+STALE_AFTER_SECONDS = 7 * 24 * 3600
+
+
+def owner_gone(tags: Mapping[str, str], start_time_ms: int | None,
+               now: float | None = None) -> str | None:
+    """Why the run with these tags no longer has a live owner, or None if it may.
+
+    The rule: a run started on this host (``prnf.host``) by ``prnf.pid`` is orphaned when no
+    process with that pid runs, or it is a zombie, or it was created at another time than
+    ``prnf.pid_started`` (a recycled pid). A run of another host, or without owner tags (older
+    prnf, other tools), cannot be checked from here: it counts as orphaned only once it is
+    older than :data:`STALE_AFTER_SECONDS`.
+    """
+    pid = tags.get("prnf.pid")
+    if tags.get("prnf.host") == socket.gethostname() and pid and pid.isdigit():
+        try:
+            proc = psutil.Process(int(pid))
+            alive = proc.status() != psutil.STATUS_ZOMBIE
+            created = proc.create_time()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            alive, created = False, None
+        except psutil.Error:  # e.g. access denied: someone's live process
+            return None
+        recorded = tags.get("prnf.pid_started")
+        if alive and recorded and created is not None:
+            with contextlib.suppress(ValueError):
+                if abs(created - float(recorded)) > 1.0:
+                    return f"its process {pid} on {tags['prnf.host']} ended (pid now reused)"
+        return None if alive else f"its process {pid} on {tags['prnf.host']} ended"
+    age = (now if now is not None else time.time()) - (start_time_ms or 0) / 1000
+    if age > STALE_AFTER_SECONDS:
+        where = f"on {tags['prnf.host']} " if tags.get("prnf.host") else ""
+        return (f"it started {where}{age / 86400:.1f} days ago, longer than any prnf run, "
+                "and its owner cannot be checked from this host")
+    return None
+
+
+def fail_interrupted_runs(client: MlflowClient) -> list[str]:
+    """Mark FAILED the RUNNING runs of prnf's experiments (``prnf-*``) whose owner is gone
+    (:func:`owner_gone`), tagged ``prnf.failed_reason``; return their ids.
+
+    Such runs are left by a killed process or by a tracking outage (a run cannot be ended on a
+    server that does not answer), and the next start that reaches the server ends them.
+    """
+    experiments = [e.experiment_id for e in client.search_experiments(
+        filter_string="name LIKE 'prnf-%'", max_results=1000)]
+    failed: list[str] = []
+    if not experiments:
+        return failed
+    now = time.time()
+    page_token = None
+    while True:
+        runs = client.search_runs(experiments, "attributes.status = 'RUNNING'",
+                                  max_results=1000, page_token=page_token)
+        for run in runs:
+            reason = owner_gone(run.data.tags, run.info.start_time, now)
+            if reason is None:
+                continue
+            set_tags(client, run.info.run_id, {
+                "prnf.failed_reason": f"interrupted: {reason}; marked FAILED by pid "
+                                      f"{os.getpid()} on {socket.gethostname()} at "
+                                      f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}"})
+            client.set_terminated(run.info.run_id, "FAILED")
+            failed.append(run.info.run_id)
+        page_token = runs.token
+        if not page_token:
+            return failed
 
 
 # Exceptions meaning "the tracking server did not answer", wherever MLflow wraps them: its REST

@@ -177,3 +177,32 @@ def test_prnf_validate_a_registered_model(two_runs):
         assert f"val/{law}/kl" in result.output
     report_dir = result.output.rsplit("report and plots: ", 1)[1].split()[0]
     assert (data_root() / "reports").exists() and report_dir.startswith(str(data_root()))
+
+
+def test_prnf_register_of_a_registered_model_dir_brings_back_its_version(two_runs, tmp_path):
+    """What `prnf register MODEL_DIR` does after an outage that struck once the pipeline had
+    registered the version: the same version comes back, the model is not logged again and no
+    duplicate version is made. Last in this module: it moves the challenger alias back."""
+    import yaml
+    from mlflow import MlflowClient
+
+    good, _ = two_runs
+    client = MlflowClient(good["tracking_uri"], good["tracking_uri"])
+    name = good["registered_model"]
+    before = sorted(str(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    config = tmp_path / "register.yaml"
+    config.write_text(yaml.safe_dump({"validation": {
+        "n_samples": 1000, "chunk_size": 1000,
+        "laws": {"gaussian": {"kind": "gaussian", "mean": [0.0], "std": [0.5]}}}}))
+    result = runner.invoke(app, ["register", good["model_dir"], "--config", str(config),
+                                 "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"registered {name} v{good['version']}:" in result.output
+    after = sorted(str(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    assert after == before
+    version = client.get_model_version(name, good["version"])
+    assert version.tags["model_dir"] == good["model_dir"]
+    register_run = client.get_run(version.tags["pipeline_run_id"])
+    assert register_run.data.tags["prnf.step"] == "register"
+    assert register_run.data.tags["reused_model_version"] == f"{name}/{good['version']}"
+    assert client.search_runs([good["experiment_id"]], "tags.`prnf.step` = 'log-model'") == []
