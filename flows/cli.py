@@ -470,7 +470,9 @@ def validate(
             table.add_row(key, f"{value:.4g}")
     out.print(table)
     out.print(f"{'passed' if result['passed'] else 'FAILED'}: score ({result['score_name']}) "
-              f"{result['score']:.4g}; report and plots: {result['report_dir']}", highlight=False)
+              f"{result['score']:.4g} ± {result['score_stderr']:.2g}; report and plots: "
+              f"{result['report_dir']}"
+              + "".join(f"\n  {failure}" for failure in result["failures"]), highlight=False)
 
 
 @app.command()
@@ -500,10 +502,12 @@ def _print_pipeline(result: dict[str, Any]) -> None:
     table = Table("metric", "value", title=f"prnf pipeline: {result['problem']}")
     for key, value in sorted(result["metrics"].items()):
         table.add_row(key, f"{value:.4g}")
-    table.add_row(f"score ({result['score_name']})", f"{result['score']:.4g}")
+    table.add_row(f"score ({result['score_name']})",
+                  f"{result['score']:.4g} ± {result['score_stderr']:.2g}")
     out.print(table)
-    out.print(f"validation: {'passed' if result['passed'] else 'FAILED'}; "
-              f"registered {result['registered_model']} v{result['version']}: "
+    out.print(f"validation: {'passed' if result['passed'] else 'FAILED'}"
+              + "".join(f"\n  {failure}" for failure in result["failures"]), highlight=False)
+    out.print(f"registered {result['registered_model']} v{result['version']}: "
               f"{result['decision']}", highlight=False)
     out.print(f"champion: {result['champion_uri'] or 'none'}", highlight=False)
     out.print(f"plots and report: {result['report_dir']}", highlight=False)

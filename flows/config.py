@@ -35,12 +35,32 @@ class ValidationConfig(BaseModel):
     chunk_size: int = Field(5_000, gt=0, description="Particles per chunk of the MC test sets.")
     max_sw_ratio: float = Field(
         2.0, gt=0,
-        description="Pass if every law's sliced-Wasserstein ratio to the MC noise floor is below "
-                    "(a perfect surrogate stays under 1.6 in 99% of cases).",
+        description="Pass only if every law's sliced-Wasserstein ratio of the surrogate's "
+                    "samples to the MC noise floor is below (a perfect surrogate stays under "
+                    "1.6 in 99% of cases).",
     )
     max_kl: float = Field(
-        0.02, gt=0, description="Pass if every law's exact KL is below (problems with exact laws).",
+        0.02, gt=0,
+        description="Problems with an exact transition must also have every law's exact KL "
+                    "(at the trained horizon) below this.",
     )
+    bootstrap: int = Field(
+        30, ge=0,
+        description="Bootstrap resamples of the surrogate's samples for the standard error of "
+                    "each SW ratio (0: none, and then no champion is ever replaced).",
+    )
+    promotion_n_se: float = Field(
+        2.0, gt=0,
+        description="A challenger replaces the champion only if its score is better by more "
+                    "than this many combined standard errors on the same test sets.",
+    )
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("must be 0 (no standard error) or at least 2 resamples")
+        return value
 
     @field_validator("laws", mode="before")
     @classmethod

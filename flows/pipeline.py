@@ -17,6 +17,7 @@ bounded retries of :mod:`tasks.tracking`) ends the run with a
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from flows.train import TrainParams, default_model_dir
 from prnf_core.dataset import open_dataset
 from prnf_core.models import load_metadata
 from prnf_core.paths import data_root
+from prnf_core.verdict import Fingerprint
 from tasks import registry, tracking
 from tasks.pyfunc import log_surrogate
 from tasks.simulate import prepare_dataset, simulate_chunks
@@ -173,21 +175,23 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
     meta = load_metadata(model_dir)
     laws = params.validation.resolved_laws(params.problem, params.problem_params)
     test_cfgs = {name: params.test_dataset(law) for name, law in laws.items()}
-    name = registry.model_name(params.problem)
+    fingerprint = Fingerprint.of_model(meta)
+    name = registry.model_name(fingerprint)
     champion = registry.champion_version(client, name) if params.use_registry else None
     champion_ref = f"models:/{name}@{registry.CHAMPION}" if champion is not None else None
     report_dir = data_root() / "reports" / parent
     with tracking.child_run(client, experiment, "validate", parent) as run_id:
         test_sets = simulate_test_sets(test_cfgs, params.execution)
         validation = validate_surrogate(
-            model_dir, params.problem, params.problem_params, test_sets,
-            {k: v.model_dump(mode="json") for k, v in laws.items()},
+            model_dir, test_sets, {k: v.model_dump(mode="json") for k, v in laws.items()},
             params.validation.n_samples, params.validation.seed,
             params.validation.max_kl, params.validation.max_sw_ratio,
             train_seconds=train_seconds, report_dir=str(report_dir),
-            champion_ref=champion_ref, history=training_history(model_dir))
+            bootstrap=params.validation.bootstrap, champion_ref=champion_ref,
+            history=training_history(model_dir))
         tracking.log_metrics(client, run_id, validation["metrics"])
         tracking.log_metrics(client, run_id, {"score": validation["score"],
+                                              "score_stderr": validation["score_stderr"],
                                               "passed": float(validation["passed"])})
         test_ids = {f"test_set.{k}": open_dataset(p).dataset_id for k, p in test_sets.items()}
         tracking.set_tags(client, run_id, test_ids)
@@ -200,16 +204,20 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
     version = None
     if params.use_registry:
         tags = {"dataset_id": meta["dataset_id"], "problem": params.problem,
+                "fingerprint": json.dumps(fingerprint.as_dict(), sort_keys=True),
+                "fingerprint_digest": fingerprint.digest,
                 "validation_status": "passed" if validation["passed"] else "failed",
                 "validation_rule": validation["rule"], "score": validation["score"],
+                "score_stderr": validation["score_stderr"],
                 "score_name": validation["score_name"], "pipeline_run_id": parent,
                 **test_ids,
                 **{k: f"{v:.6g}" for k, v in validation["metrics"].items()
-                   if k.endswith(("kl", "energy_ratio", "sw_ratio", "c2st_acc"))}}
+                   if k.endswith(("kl", "kl_stderr", "energy_ratio", "sw_ratio",
+                                  "sw_ratio_stderr", "c2st_acc"))}}
         version = registry.register(client, model_uri, name, parent, tags)
-        promotion = registry.promote_if_better(client, name, version, validation["score"],
-                                               validation["champion_score"],
-                                               validation["passed"])
+        client.set_registered_model_tag(name, "fingerprint", tags["fingerprint"])
+        promotion = registry.promote_if_better(client, name, version, validation,
+                                               params.validation.promotion_n_se)
         tracking.set_tags(client, parent, {"model_version": version,
                                            "promotion": promotion["decision"]})
 
@@ -218,8 +226,10 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
         "dataset_path": meta["dataset_path"], "model_dir": model_dir, "model_uri": model_uri,
         "registered_model": name, "version": version, "run_id": parent,
         "experiment_id": experiment, "score": validation["score"],
-        "score_name": validation["score_name"], "passed": validation["passed"],
-        "champion_score": validation["champion_score"], **promotion,
+        "score_stderr": validation["score_stderr"], "score_name": validation["score_name"],
+        "passed": validation["passed"], "failures": validation["failures"],
+        "champion_score": validation["champion_score"],
+        "champion_score_stderr": validation["champion_score_stderr"], **promotion,
         "report_dir": str(report_dir),
         "metrics": {k: v for k, v in validation["metrics"].items()
                     if k.endswith(("kl", "energy_ratio", "sw_ratio", "c2st_acc", "_z"))
@@ -233,8 +243,6 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
 
 def training_history(model_dir: str) -> list[dict[str, float]]:
     """The per-epoch history a training run saved in ``model_dir`` (empty when there is none)."""
-    import json
-
     path = Path(model_dir) / "history.json"
     return json.loads(path.read_text()) if path.is_file() else []
 

@@ -53,21 +53,23 @@ def validate_flow(params: ValidateParams) -> dict[str, Any]:
         test_sets = simulate_test_sets({k: pipeline.test_dataset(v) for k, v in laws.items()},
                                        params.execution)
         result = validate_surrogate(
-            params.model, problem, problem_params, test_sets,
-            {k: v.model_dump(mode="json") for k, v in laws.items()},
+            params.model, test_sets, {k: v.model_dump(mode="json") for k, v in laws.items()},
             params.validation.n_samples, params.validation.seed, params.validation.max_kl,
             params.validation.max_sw_ratio,
             train_seconds=float(meta.get("train_seconds", 0.0)),
-            report_dir=str(data_root() / "reports" / run_id))
+            report_dir=str(data_root() / "reports" / run_id),
+            bootstrap=params.validation.bootstrap)
         tracking.log_params(client, run_id, {"validation": params.validation.model_dump(
             mode="json")})
         tracking.log_metrics(client, run_id, result["metrics"])
         tracking.log_metrics(client, run_id, {"score": result["score"],
+                                              "score_stderr": result["score_stderr"],
                                               "passed": float(result["passed"])})
         tracking.log_artifacts(client, run_id, result["files"], "report")
     create_markdown_artifact(result["report_markdown"], key="prnf-validation",
                              description=f"validation of {params.model}")
     return {"model": params.model, "problem": problem, "run_id": run_id,
-            "score": result["score"], "score_name": result["score_name"],
+            "score": result["score"], "score_stderr": result["score_stderr"],
+            "failures": result["failures"], "score_name": result["score_name"],
             "passed": result["passed"], "report_dir": str(data_root() / "reports" / run_id),
             "metrics": result["metrics"]}

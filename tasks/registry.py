@@ -1,9 +1,18 @@
-"""Model registry: register every trained surrogate, promote only a better one.
+"""Model registry: register every trained surrogate, promote only a truly better one.
 
-Each new version of ``prnf-<problem>`` gets tags (dataset id, validation metrics,
-``validation_status``) and the alias ``challenger``. It takes ``champion`` only when there is no
-champion yet, or when its validation score on the *same* fresh test set is lower (better) than
-the champion's score on that set; the pipeline validates both on it in the same run.
+**One registered model per configuration fingerprint** (:class:`prnf_core.verdict.Fingerprint`:
+problem, resolved problem parameters, horizon T, dimension). The problem's default
+configuration is ``prnf-<problem>``, so ``models:/prnf-ou@champion`` is the champion of the
+default OU problem; any other configuration is ``prnf-<problem>-<fingerprint digest[:8]>``,
+and its fingerprint is a tag of the registered model and of every version.
+A champion is therefore only ever compared with models of the same SDE and horizon.
+
+Each new version gets tags (dataset id, fingerprint, validation metrics, score and its standard
+error, ``validation_status``) and the alias ``challenger``. It takes ``champion`` only if it
+passed the gate (:func:`prnf_core.verdict.judge`) and: there is no champion yet; or the champion
+fails the gate on the same test sets; or it beats the champion by more than two combined
+standard errors on the same test sets (:func:`prnf_core.verdict.compare`). The pipeline scores
+both on those test sets in the same run.
 """
 
 from __future__ import annotations
@@ -18,11 +27,15 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from prnf_core.verdict import DEFAULT_N_SE, Estimate, Fingerprint, compare
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
-def model_name(problem: str) -> str:
-    return f"prnf-{problem}"
+def model_name(fingerprint: Fingerprint) -> str:
+    """``prnf-<problem>`` for the problem's default configuration, else with the digest."""
+    name = f"prnf-{fingerprint.problem}"
+    return name if fingerprint.is_default() else f"{name}-{fingerprint.digest[:8]}"
 
 
 def champion_version(client: MlflowClient, name: str) -> Any | None:
@@ -130,28 +143,40 @@ def _logged_model_id(model_uri: str) -> str | None:
     return rest
 
 
-def promote_if_better(client: MlflowClient, name: str, version: str, score: float,
-                      champion_score: float | None, passed: bool) -> dict[str, Any]:
-    """Give ``version`` the champion alias if it passed validation and beats the champion.
+def promote_if_better(client: MlflowClient, name: str, version: str, validation: Mapping[str, Any],
+                      n_se: float = DEFAULT_N_SE) -> dict[str, Any]:
+    """Give ``version`` the champion alias if it passed the gate and is truly better.
 
-    ``champion_score`` is the current champion's score on the same test set (None: no champion).
+    ``validation`` is what :func:`tasks.validate.validate_surrogate` returned for the challenger
+    (``passed``, ``score``, ``score_stderr``) with the current champion scored on the same test
+    sets (``champion_score``, ``champion_score_stderr``, ``champion_passed``) or the reason it
+    was not (``champion_note``). Scores, SEs, the margin and the decision become version tags.
     """
     current = champion_version(client, name)
-    if not passed:
-        decision, promoted = "validation failed", False
+    challenger = Estimate(validation["score"], validation["score_stderr"])
+    tags: dict[str, Any] = {}
+    if not validation["passed"]:
+        decision, promoted = "validation failed: " + "; ".join(validation["failures"]), False
     elif current is None:
         decision, promoted = "no champion yet", True
-    elif champion_score is None:
-        decision, promoted = "champion could not be scored on this test set", False
-    elif score < champion_score:
-        decision = f"beats champion v{current.version} ({score:.4g} < {champion_score:.4g})"
+    elif validation.get("champion_note"):
+        decision = f"not promoted: champion v{current.version} {validation['champion_note']}"
+        promoted = False
+    elif not validation["champion_passed"]:
+        decision = (f"champion v{current.version} fails the gate on these test sets "
+                    f"(score {validation['champion_score']:.4g}); the challenger passes")
         promoted = True
     else:
-        decision, promoted = (f"does not beat champion v{current.version} "
-                              f"({score:.4g} >= {champion_score:.4g})"), False
+        champion = Estimate(validation["champion_score"], validation["champion_score_stderr"])
+        comparison = compare(challenger, champion, n_se)
+        decision, promoted = f"{comparison.decision} (v{current.version})", comparison.promote
+        tags.update({"champion_score": champion.value, "champion_score_stderr": champion.stderr,
+                     "promotion_margin": comparison.margin,
+                     "promotion_required_margin": comparison.required})
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "promotion", decision)
-    champion = version if promoted else (current.version if current else None)
+    for key, value in {**tags, "promotion": decision}.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    champion = str(version) if promoted else (str(current.version) if current else None)
     return {"promoted": promoted, "decision": decision, "champion_version": champion,
             "champion_uri": f"models:/{name}@{CHAMPION}" if champion else None}

@@ -9,11 +9,11 @@ the same data, which is what the promotion gate needs.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import task
 from prefect.logging import get_run_logger
 
@@ -31,6 +31,7 @@ from prnf_core.validation import (
     torch_threads,
     validate_samples,
 )
+from prnf_core.verdict import Estimate, Fingerprint, LawScore, Verdict, judge
 from tasks.progress import Reporter
 
 TEST_SET_LOCK_TIMEOUT_S = 3600.0
@@ -62,33 +63,42 @@ def _law_param(spec: InitialSpec) -> float | None:
     return spec.temperature if isinstance(spec, Maxwellian) else None
 
 
-def score_of(metrics: dict[str, float], laws: list[str], exact: bool) -> float:
-    """The promotion score (lower is better): mean exact KL, else the mean sliced-Wasserstein
-    ratio to the MC noise floor (less noisy than the energy ratio at equal sample size)."""
-    key = "kl" if exact else "sw_ratio"
-    values = [metrics[f"val/{law}/{key}"] for law in laws]
-    return float(np.mean(values))
+def verdict_of(metrics: dict[str, float], laws: list[str], max_sw_ratio: float,
+               max_kl: float) -> Verdict:
+    """The gate's verdict (:func:`prnf_core.verdict.judge`) from a report's flat metrics."""
+    scores = []
+    for law in laws:
+        def estimate(key: str, law: str = law) -> Estimate:
+            return Estimate(metrics[f"val/{law}/{key}"],
+                            metrics.get(f"val/{law}/{key}_stderr", math.nan))
+
+        kl = estimate("kl") if f"val/{law}/kl" in metrics else None
+        scores.append(LawScore(law, estimate("sw_ratio"), kl))
+    return judge(scores, max_sw_ratio=max_sw_ratio, max_kl=max_kl)
 
 
 def evaluate_model(model: Any, problem: str, problem_params: dict[str, Any],
                    test_sets: dict[str, str], laws: dict[str, InitialSpec], n_samples: int,
-                   seed: int, detailed: bool = True) -> tuple[ValidationReport, dict, float]:
-    """Validate ``model`` on the test sets. Returns the report, surrogate samples per law and
-    the surrogate's sampling rate (samples/s)."""
+                   seed: int, t_end: float, detailed: bool = True, bootstrap: int = 0
+                   ) -> tuple[ValidationReport, dict, float]:
+    """Validate ``model`` on the test sets (simulated to the horizon ``t_end``, at which the
+    exact KL is taken too). Returns the report, surrogate samples per law and the surrogate's
+    sampling rate (samples/s)."""
     sde = get_problem(problem, **problem_params)
     report = ValidationReport(problem=problem)
     samples, sample_seconds = {}, 0.0
     with torch_threads(1):  # small batched ops: one thread is fastest on a shared CPU
         for i, (law, path) in enumerate(test_sets.items()):
-            sample_seconds += _evaluate_law(model, problem, sde, law, path, laws[law],
-                                            n_samples, seed + i, detailed, report, samples)
+            sample_seconds += _evaluate_law(model, problem, sde, t_end, law, path, laws[law],
+                                            n_samples, seed + i, detailed, bootstrap, report,
+                                            samples)
     rate = len(test_sets) * n_samples / max(sample_seconds, 1e-9)
     return report, samples, rate
 
 
-def _evaluate_law(model: Any, problem: str, sde: Any, law: str, path: str, spec: InitialSpec,
-                  n_samples: int, seed: int, detailed: bool, report: ValidationReport,
-                  samples: dict) -> float:
+def _evaluate_law(model: Any, problem: str, sde: Any, t_end: float, law: str, path: str,
+                  spec: InitialSpec, n_samples: int, seed: int, detailed: bool, bootstrap: int,
+                  report: ValidationReport, samples: dict) -> float:
     """Add one law's results to ``report``; return the surrogate's sampling seconds."""
     import torch
 
@@ -100,9 +110,9 @@ def _evaluate_law(model: Any, problem: str, sde: Any, law: str, path: str, spec:
     seconds = time.perf_counter() - started
     samples[law] = (sur, mc_a)
     report.add(validate_samples(problem, sur, mc_a, mc_b, law=law, seed=seed,
-                                param=_law_param(spec), c2st=detailed))
+                                param=_law_param(spec), c2st=detailed, bootstrap=bootstrap))
     if sde.has_exact_transition:
-        est = exact_kl(sde, model, spec, n_y=2000, n_x0=2000, seed=seed)
+        est = exact_kl(sde, model, spec, t=t_end, n_y=2000, n_x0=2000, seed=seed)
         report.meta.setdefault("kl", {})[law] = {"kl": est.kl, "stderr": est.stderr}
     return seconds
 
@@ -116,47 +126,45 @@ def flat_metrics(report: ValidationReport) -> dict[str, float]:
 
 
 @task(name="validate-surrogate")
-def validate_surrogate(model_ref: str, problem: str, problem_params: dict[str, Any],
-                       test_sets: dict[str, str], laws: dict[str, Any], n_samples: int,
-                       seed: int, max_kl: float, max_sw_ratio: float,
-                       train_seconds: float, report_dir: str,
+def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str, Any],
+                       n_samples: int, seed: int, max_kl: float, max_sw_ratio: float,
+                       train_seconds: float, report_dir: str, bootstrap: int = 0,
                        champion_ref: str | None = None,
                        history: list[dict[str, float]] | None = None) -> dict[str, Any]:
     """Validate a surrogate (and the current champion, on the same data); write the report and
-    plots. Returns metrics, score, pass/fail, the champion's score and the written files."""
+    plots. Returns metrics, the gate's verdict and score with its SE, the champion's, and the
+    written files.
+
+    The problem, its parameters and the horizon come from the model's own metadata (its
+    configuration fingerprint); the test sets must have been simulated for that configuration.
+    The champion is scored only when its fingerprint is the same: a model of another SDE or
+    horizon is never scored on these test sets (``champion_note`` says why it was not).
+    """
     from prnf_core import plots
     from tasks.pyfunc import load_surrogate
 
     logger = get_run_logger()
     laws = {k: parse_initial(v) for k, v in laws.items()}
+    surrogate = load_surrogate(model_ref)
+    fingerprint = Fingerprint.of_model(surrogate.metadata)
+    problem, problem_params = fingerprint.problem, dict(fingerprint.problem_params)
     sde = get_problem(problem, **problem_params)
     exact = sde.has_exact_transition
-    model = load_surrogate(model_ref).model
+    model = surrogate.model
     report, samples, sur_rate = evaluate_model(model, problem, problem_params, test_sets, laws,
-                                               n_samples, seed)
+                                               n_samples, seed, fingerprint.t_end,
+                                               bootstrap=bootstrap)
     mc_seconds = sum(open_dataset(p).simulation_seconds() for p in test_sets.values())
     mc_particles = sum(open_dataset(p).n_particles for p in test_sets.values())
     report.cost = cost_summary(train_seconds, sur_rate, mc_particles / max(mc_seconds, 1e-9),
                                n_samples)
     metrics = flat_metrics(report)
     law_keys = [metric_key(r.law) for r in report.results]
-    score = score_of(metrics, law_keys, exact)
-    if exact:
-        passed = all(metrics[f"val/{k}/kl"] <= max_kl for k in law_keys)
-        rule = f"exact KL <= {max_kl} for every law"
-    else:
-        passed = all(metrics[f"val/{k}/sw_ratio"] <= max_sw_ratio for k in law_keys)
-        rule = f"sliced-Wasserstein ratio to the MC floor <= {max_sw_ratio} for every law"
-
-    champion_score = None
-    if champion_ref is not None:
-        try:
-            champion = load_surrogate(champion_ref).model
-            ch_report, _, _ = evaluate_model(champion, problem, problem_params, test_sets,
-                                             laws, n_samples, seed, detailed=False)
-            champion_score = score_of(flat_metrics(ch_report), law_keys, exact)
-        except Exception as exc:  # an unloadable champion must not block a new model
-            logger.warning("could not score champion %s: %s", champion_ref, exc)
+    verdict = verdict_of(metrics, law_keys, max_sw_ratio, max_kl)
+    champion = _score_champion(champion_ref, fingerprint, test_sets, laws, n_samples, seed,
+                               bootstrap, law_keys, max_sw_ratio, max_kl) if champion_ref else {}
+    if champion.get("note"):
+        logger.warning("champion %s not scored: %s", champion_ref, champion["note"])
 
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,20 +189,54 @@ def validate_surrogate(model_ref: str, problem: str, problem_params: dict[str, A
             xlabel="initial temperature", ylabel=qoi_rows[0].qoi.name))
     markdown = report.to_markdown()
     if exact:
-        markdown += "\n## Exact KL(p_T || q_T)\n\n| law | KL | SE |\n|---|---|---|\n"
+        markdown += (f"\n## Exact KL(p_T || q_T) at T = {fingerprint.t_end:g}\n\n"
+                     "| law | KL | SE |\n|---|---|---|\n")
         for law, est in report.meta["kl"].items():
             markdown += f"| {metric_key(law)} | {est['kl']:.4g} | {est['stderr']:.2g} |\n"
-    markdown += (f"\n**Validation {'passed' if passed else 'failed'}** ({rule}); score "
-                 f"{score:.4g} ({'mean KL' if exact else 'mean SW ratio'}, lower is better)")
+    markdown += (f"\n**Validation {'passed' if verdict.passed else 'failed'}** "
+                 f"({verdict.rule}); score {verdict.score} ({verdict.score_name}, lower is "
+                 "better)\n")
+    markdown += "".join(f"\n- {failure}" for failure in verdict.failures)
     if champion_ref is not None:
-        markdown += f"; current champion on the same test sets: {champion_score}"
-    markdown += "\n"
+        markdown += (f"\n\nCurrent champion on the same test sets: "
+                     f"{champion.get('note') or champion['score']}"
+                     + ("" if champion.get("note") else
+                        f" ({'passes' if champion['passed'] else 'fails'} the gate)") + "\n")
     (out / "report.md").write_text(markdown)
     (out / "report.json").write_text(json.dumps(report.to_dict(), default=str))
     files += [out / "report.md", out / "report.json"]
-    logger.info("validation %s: score %.4g (champion %s)", "passed" if passed else "failed",
-                score, champion_score)
-    return {"metrics": metrics, "score": score, "passed": passed, "rule": rule,
-            "champion_score": champion_score, "files": [str(f) for f in files],
-            "report_markdown": markdown, "score_name": "mean_kl" if exact else "mean_sw_ratio"}
+    champion_score = champion.get("score")
+    logger.info("validation %s: score %s (champion %s)",
+                "passed" if verdict.passed else "failed", verdict.score,
+                champion.get("note") or champion.get("score"))
+    return {"metrics": metrics, "score": verdict.score.value,
+            "score_stderr": verdict.score.stderr, "passed": verdict.passed,
+            "rule": verdict.rule, "failures": list(verdict.failures),
+            "score_name": verdict.score_name, "fingerprint": fingerprint.as_dict(),
+            "champion_score": None if champion_score is None else champion_score.value,
+            "champion_score_stderr": None if champion_score is None else champion_score.stderr,
+            "champion_passed": champion.get("passed"), "champion_note": champion.get("note"),
+            "files": [str(f) for f in files], "report_markdown": markdown}
+
+
+def _score_champion(champion_ref: str, fingerprint: Fingerprint, test_sets: dict[str, str],
+                    laws: dict[str, InitialSpec], n_samples: int, seed: int, bootstrap: int,
+                    law_keys: list[str], max_sw_ratio: float, max_kl: float) -> dict[str, Any]:
+    """The champion's score and verdict on the same test sets, or a ``note`` saying why it was
+    not scored (another configuration, or it could not be loaded)."""
+    from tasks.pyfunc import load_surrogate
+
+    try:
+        champion = load_surrogate(champion_ref)
+        theirs = Fingerprint.of_model(champion.metadata)
+    except Exception as exc:  # an unloadable champion is reported, never silently skipped
+        return {"note": f"could not be loaded ({type(exc).__name__}: {str(exc)[:200]})"}
+    differences = theirs.differences(fingerprint)
+    if differences:
+        return {"note": "another configuration, not comparable: " + "; ".join(differences)}
+    report, _, _ = evaluate_model(champion.model, fingerprint.problem,
+                                  dict(fingerprint.problem_params), test_sets, laws, n_samples,
+                                  seed, fingerprint.t_end, detailed=False, bootstrap=bootstrap)
+    verdict = verdict_of(flat_metrics(report), law_keys, max_sw_ratio, max_kl)
+    return {"score": verdict.score, "passed": verdict.passed}
 
