@@ -65,7 +65,7 @@ PARAMS: dict[str, Any] = {
     "problem": "bm1d", "n_train": 1000, "chunk_size": 1000, "seed": 0,
     "training": {"epochs": 2, "batch_size": 128, "lr": 3e-3, "progress": False},
     "model": {"hidden_width": 16},
-    "validation": {"n_samples": 200, "chunk_size": 200, "max_kl": 10.0,
+    "validation": {"n_samples": 200, "chunk_size": 200, "max_kl": 10.0, "max_sw_ratio": 1e3,
                    "laws": {"gaussian": {"kind": "gaussian", "mean": [0.0], "std": [0.5]}}},
     "execution": {"workers": 0},
 }
