@@ -133,6 +133,11 @@ class SDE:
         drift_and_diffusion: Optional fused ``(x, t, params) -> (b, σ)`` for coefficients that
             share work; the simulator prefers it when given.
         description: One line for ``prnf problems``.
+        x0_period: Periods :math:`P_i` (``None`` where there is none) such that the law of
+            :math:`X_T - x_0` given :math:`x_0` is invariant under :math:`x_{0,i} \to x_{0,i} +
+            P_i`: domain knowledge a surrogate may use (``ModelConfig.x0_period="problem"``).
+            True for a drift and diffusion that are :math:`P`-periodic in the state and no
+            boundary, e.g. the ABC flow (period 2π in every coordinate).
     """
 
     name: str
@@ -151,6 +156,7 @@ class SDE:
     drift_and_diffusion: Callable[[torch.Tensor, float, Mapping[str, Any]],
                                   tuple[torch.Tensor, torch.Tensor]] | None = None
     description: str = ""
+    x0_period: Sequence[float | None] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim < 1:
@@ -189,6 +195,12 @@ class SDE:
             raise ValueError(f"SDE.coord_names needs {self.dim} names, got {len(names)}")
         object.__setattr__(self, "coord_names", tuple(names))
         object.__setattr__(self, "params", dict(self.params))
+        if self.x0_period is not None:
+            period = tuple(None if v is None else float(v) for v in self.x0_period)
+            if len(period) != self.dim or not all(v is None or v > 0 for v in period):
+                raise ValueError(f"SDE.x0_period needs one period > 0 (or None) per coordinate: "
+                                 f"{self.dim}, got {self.x0_period!r}")
+            object.__setattr__(self, "x0_period", period)
 
     # -- properties declared for solvers and for later layers -------------------------------
     @property
@@ -248,6 +260,7 @@ class SDE:
             "t_end": self.t_end,
             "dt": self.dt,
             "domain": [list(self.domain[0]), list(self.domain[1])],
+            "x0_period": None if self.x0_period is None else list(self.x0_period),
         }
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import prefect.main  # noqa: F401  binds Prefect's log handler to stderr now, not to CliRunner's
 import pytest
 from services import BIN, clean_env, output_tail
+from tiny_models import save_tiny_bm1d_model
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -27,20 +28,7 @@ LOG = re.compile(r"the traceback is in (\S+\.log)")
 
 
 def save_model(directory: Path, fitted: bool) -> str:
-    """A 1-D bm1d model directory as the train flow writes one (untrained weights)."""
-    from prnf_core import DatasetConfig
-    from prnf_core.models import ModelConfig, build_model
-    from prnf_core.problems import get_problem
-
-    model = build_model(ModelConfig(dim=1, hidden_width=8), seed=0)
-    if fitted:
-        rng = np.random.default_rng(0)
-        model.fit_normalization(rng.normal(size=(64, 1)), rng.normal(size=(64, 1)))
-    config = DatasetConfig(problem="bm1d", n_particles=64)
-    model.save(directory, extra={"problem": get_problem("bm1d").describe(),
-                                 "dataset_config": config.resolved(), "dataset_path": "",
-                                 "dataset_id": config.dataset_id(), "train_seconds": 0.0})
-    return str(directory)
+    return save_tiny_bm1d_model(directory, fitted=fitted)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import numpy as np
 import prefect.main  # noqa: F401  binds Prefect's log handler to stderr now, not to CliRunner's
 import pytest
 import zarr
+from tiny_models import save_tiny_bm1d_model
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -23,18 +24,7 @@ POINT = '{"kind": "point_mass", "point": [0.0]}'
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     """A bm1d model directory as the train flow saves one (normalization fitted, untrained)."""
-    from prnf_core.models import ModelConfig, build_model
-    from prnf_core.problems import get_problem
-
-    directory = tmp_path_factory.mktemp("model") / "bm1d-tiny"
-    rng = np.random.default_rng(0)
-    model = build_model(ModelConfig(dim=1, hidden_width=8), seed=0)
-    model.fit_normalization(rng.normal(size=(64, 1)), rng.normal(size=(64, 1)))
-    config = DatasetConfig(problem="bm1d", n_particles=64)
-    model.save(directory, extra={"problem": get_problem("bm1d").describe(),
-                                 "dataset_config": config.resolved(), "dataset_path": "",
-                                 "dataset_id": config.dataset_id(), "train_seconds": 0.0})
-    return str(directory)
+    return save_tiny_bm1d_model(tmp_path_factory.mktemp("model") / "bm1d-tiny")
 
 
 def sample(model: str, out: Path, *extra: str):

@@ -19,6 +19,7 @@ import mlflow
 import numpy as np
 import psutil
 import pytest
+from tiny_models import save_tiny_bm1d_model
 
 import prnf_core
 from tasks import registry, tracking
@@ -37,19 +38,7 @@ def client(tmp_path, monkeypatch):
 
 
 def save_model(directory: Path, seed: int = 0) -> str:
-    """A small bm1d model (normalization fitted, not trained), saved as the train flow does."""
-    from prnf_core import DatasetConfig
-    from prnf_core.models import ModelConfig, build_model
-    from prnf_core.problems import get_problem
-
-    rng = np.random.default_rng(seed)
-    model = build_model(ModelConfig(dim=1, hidden_width=8), seed=seed)
-    model.fit_normalization(rng.normal(size=(64, 1)), rng.normal(size=(64, 1)))
-    config = DatasetConfig(problem="bm1d", n_particles=64)
-    model.save(directory, extra={"problem": get_problem("bm1d").describe(),
-                                 "dataset_config": config.resolved(), "dataset_path": "",
-                                 "dataset_id": config.dataset_id(), "train_seconds": 0.0})
-    return str(directory)
+    return save_tiny_bm1d_model(directory, seed=seed)
 
 
 def dead_pid() -> int:

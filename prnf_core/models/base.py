@@ -56,6 +56,20 @@ class ModelConfig(BaseModel):
     transforms: int = Field(3, ge=1, description="Coupling transforms (nsf).")
     bins: int = Field(8, ge=2, description="Spline bins (nsf).")
     dtype: Literal["float32", "float64"] = Field("float32", description="Parameter precision.")
+    residual: bool = Field(
+        False,
+        description="prnf: f(x0, y) = y + r(x0, y) and g(x0, z) = z + s(x0, z) (still "
+                    "unconstrained networks with the exact log-det and the λ penalty); the maps "
+                    "start near the identity.",
+    )
+    x0_period: list[float | None] | Literal["problem"] | None = Field(
+        "problem",
+        description="Periodic symmetry of the problem: one period (or null) per coordinate such "
+                    "that the law of X_T - x0 is periodic in x0. The model then learns X_T - x0 "
+                    "and sees periodic coordinates of x0 as (sin, cos) features. 'problem' "
+                    "(default): the problem's declaration (SDE.x0_period), if any, resolved when "
+                    "the model is trained for a problem; null: none.",
+    )
     preset: Literal["paper"] | None = Field(
         None, description="'paper': width 512, 2 hidden layers, tanh, for those of these fields "
                           "not given explicitly (an explicit --width 64 stays 64), in the CLI, "
@@ -73,6 +87,14 @@ class ModelConfig(BaseModel):
         if isinstance(data, dict) and isinstance(data.get("preset"), str):
             return {**MODEL_PRESETS.get(data["preset"], {}), **data}
         return data
+
+    def for_problem(self, sde: Any) -> ModelConfig:
+        """This config with the problem's dimension and, for ``x0_period="problem"``, the
+        problem's declared periodic symmetry (none if it declares none)."""
+        update: dict[str, Any] = {"dim": sde.dim}
+        if self.x0_period == "problem":
+            update["x0_period"] = None if sde.x0_period is None else list(sde.x0_period)
+        return self.model_copy(update=update)
 
 
 def to_tensor(x: ArrayLike, name: str, dim: int | None, device: torch.device,
@@ -102,6 +124,14 @@ class ConditionalSampler(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if config.x0_period == "problem":  # built without a problem: nothing is declared
+            config = config.model_copy(update={"x0_period": None})
+        if config.x0_period is not None and len(config.x0_period) != config.dim:
+            raise ConfigError(f"model.x0_period: needs {config.dim} entries (a period or null "
+                              f"per coordinate), got {config.x0_period}")
+        if config.x0_period is not None and not all(p is None or p > 0
+                                                    for p in config.x0_period):
+            raise ConfigError(f"model.x0_period: periods must be > 0, got {config.x0_period}")
         self.config = config
         d, k = config.dim, config.cond_dim
         self.register_buffer("x0_mean", torch.zeros(d))
@@ -132,6 +162,17 @@ class ConditionalSampler(nn.Module):
         return self.config.dim
 
     @property
+    def displaces(self) -> bool:
+        """Whether the model learns :math:`X_T - x_0` (a declared periodic symmetry)."""
+        return self.config.x0_period is not None
+
+    @property
+    def context_dim(self) -> int:
+        """Width of the networks' context: x0 features (two per periodic coordinate) + c."""
+        periodic = sum(p is not None for p in self.config.x0_period or ())
+        return self.config.dim + periodic + self.config.cond_dim
+
+    @property
     def device(self) -> torch.device:
         return self.x0_mean.device
 
@@ -144,7 +185,7 @@ class ConditionalSampler(nn.Module):
     def fit_normalization(self, x0: ArrayLike, y: ArrayLike, cond: ArrayLike | None = None) -> None:
         """Set the z-scoring statistics from training data (physical units)."""
         x0, y, cond = self._inputs(x0, y, cond, allow_unfitted=True)
-        for name, data in (("x0", x0), ("y", y), ("c", cond)):
+        for name, data in (("x0", x0), ("y", self._target(x0, y)), ("c", cond)):
             if data is None or data.shape[1] == 0:
                 continue
             std = data.std(dim=0)
@@ -155,11 +196,26 @@ class ConditionalSampler(nn.Module):
 
     def normalize(self, x0: torch.Tensor, y: torch.Tensor | None,
                   cond: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(yn, ctx)``: the normalized target and the networks' context (x0 features, c)."""
         ctx = (x0 - self.x0_mean) / self.x0_std
+        if self.config.x0_period is not None:
+            columns = []
+            for i, period in enumerate(self.config.x0_period):
+                if period is None:
+                    columns.append(ctx[:, i:i + 1])
+                else:  # a point on the circle: continuous across x0_i -> x0_i + period
+                    angle = x0[:, i:i + 1] * (2 * math.pi / period)
+                    columns += [torch.sin(angle), torch.cos(angle)]
+            ctx = torch.cat(columns, dim=1)
         if self.config.cond_dim:
             ctx = torch.cat([ctx, (cond - self.c_mean) / self.c_std], dim=1)
-        yn = None if y is None else (y - self.y_mean) / self.y_std
+        yn = None if y is None else (self._target(x0, y) - self.y_mean) / self.y_std
         return yn, ctx
+
+    def _target(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the flow models: :math:`X_T - x_0` under a periodic symmetry, else
+        :math:`X_T` (a shift by x0 has unit Jacobian: densities are unchanged)."""
+        return y - x0 if self.displaces else y
 
     def _inputs(self, x0: ArrayLike, y: ArrayLike | None, cond: ArrayLike | None,
                 allow_unfitted: bool = False):
@@ -197,7 +253,8 @@ class ConditionalSampler(nn.Module):
         """One :math:`X_T` per row of ``x0``, shape ``(n, d)`` (no gradient graph)."""
         x0_t, _, c_t = self._inputs(x0, None, cond)
         _, ctx = self.normalize(x0_t, None, c_t)
-        return self._sample_normalized(ctx, generator) * self.y_std + self.y_mean
+        out = self._sample_normalized(ctx, generator) * self.y_std + self.y_mean
+        return out + x0_t if self.displaces else out
 
     def sample_initial(self, spec: Any, n: int, seed: int = 0,
                        cond: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:

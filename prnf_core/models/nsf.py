@@ -18,9 +18,9 @@ class NSF(ConditionalSampler):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        d, k = config.dim, config.cond_dim
+        d = config.dim
         self.flow = zuko.flows.NSF(
-            features=d, context=d + k, transforms=config.transforms, bins=config.bins,
+            features=d, context=self.context_dim, transforms=config.transforms, bins=config.bins,
             passes=2 if d > 1 else None,
             hidden_features=[config.hidden_width] * config.hidden_layers,
         )

@@ -110,21 +110,25 @@ class PRNF(ConditionalSampler):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        d, k = config.dim, config.cond_dim
+        d, c = config.dim, self.context_dim
         width, layers, act = config.hidden_width, config.hidden_layers, config.activation
-        self.forward_net = JacobianMLP(d + k + d, d, width, layers, act, tangent_dim=d)
-        self.inverse_net = JacobianMLP(d + k + d, d, width, layers, act, tangent_dim=d)
+        self.forward_net = JacobianMLP(c + d, d, width, layers, act, tangent_dim=d)
+        self.inverse_net = JacobianMLP(c + d, d, width, layers, act, tangent_dim=d)
 
     def forward_map(self, yn: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        """:math:`z = f(x_0, y)` in normalized units."""
-        return self.forward_net(torch.cat([ctx, yn], dim=1))
+        """:math:`z = f(x_0, y)` in normalized units (``y + r(x_0, y)`` if residual)."""
+        out = self.forward_net(torch.cat([ctx, yn], dim=1))
+        return yn + out if self.config.residual else out
 
     def inverse_map(self, z: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        """:math:`\\hat y = g(x_0, z)` in normalized units."""
-        return self.inverse_net(torch.cat([ctx, z], dim=1))
+        """:math:`\\hat y = g(x_0, z)` in normalized units (``z + s(x_0, z)`` if residual)."""
+        out = self.inverse_net(torch.cat([ctx, z], dim=1))
+        return z + out if self.config.residual else out
 
     def _z_and_logdet(self, yn: torch.Tensor, ctx: torch.Tensor):
         z, jac = self.forward_net.forward_with_jacobian(torch.cat([ctx, yn], dim=1))
+        if self.config.residual:
+            z, jac = yn + z, jac + torch.eye(self.dim, dtype=jac.dtype, device=jac.device)
         return z, torch.linalg.slogdet(jac)[1]
 
     def _log_prob_normalized(self, yn: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:

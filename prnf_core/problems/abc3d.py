@@ -42,4 +42,6 @@ def abc3d(*, pe: float = 3.0, A: float = 1.0, B: float = 1.0, C: float = 0.25,
                 "noise_scale": float(noise_scale)},
         t_end=t_end, dt=dt, domain=([0.0] * 3, [two_pi] * 3), coord_names=("x", "y", "z"),
         description="passive scalar in the chaotic ABC flow, Pe=3 (paper exp. 3)",
+        # 2π-periodic drift, additive noise, no boundary: the law of X_T - x0 is 2π-periodic
+        x0_period=(two_pi,) * 3,
     )
