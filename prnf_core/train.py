@@ -46,7 +46,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prnf_core.errors import ConfigError, PrnfError
-from prnf_core.models.base import ConditionalSampler, ModelConfig, to_tensor
+from prnf_core.models.base import ConditionalSampler, ModelConfig, fill_from_preset, to_tensor
 
 Callback = Callable[[str, int, dict[str, float]], None]
 
@@ -116,14 +116,7 @@ class TrainConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        """Fill absent keys from the preset, before validation, so explicit values win.
-
-        Done on the raw input (not after validation) because afterwards a default and an
-        explicit value of the same field can no longer be told apart.
-        """
-        if isinstance(data, dict) and isinstance(data.get("preset"), str):
-            return {**_preset_values(data["preset"], data), **data}
-        return data
+        return fill_from_preset(data, _preset_values)
 
     @model_validator(mode="after")
     def _has_length(self) -> TrainConfig:

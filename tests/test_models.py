@@ -60,12 +60,9 @@ def test_gradients_reach_every_parameter(arch, dim):
     assert set(parts) == {"nll", "rev"}
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("dim", DIMS)
-def test_log_prob_matches_autograd_jacobian_slogdet(arch, dim):
-    """log q(y|x0) = log N(f(y)) + log|det ∂f/∂y| with the Jacobian from autograd (physical y)."""
-    model = make(arch, dim)
-    x0, y, _ = inputs(dim)
+def assert_log_prob_is_autograd_slogdet(model, x0: np.ndarray, y: np.ndarray) -> None:
+    """log q(y|x0) = log N(f(y)) + log|det ∂f/∂y| with the Jacobian from autograd (physical y,
+    through the model's own normalization), row by row."""
     got = model.log_prob(y, x0).detach().numpy()
     x0_t, y_t = torch.as_tensor(x0), torch.as_tensor(y)
     for i in range(len(y)):
@@ -75,9 +72,16 @@ def test_log_prob_matches_autograd_jacobian_slogdet(arch, dim):
 
         jac = torch.autograd.functional.jacobian(f, y_t[i])
         z = f(y_t[i])
-        want = (-0.5 * (z * z).sum() - 0.5 * dim * np.log(2 * np.pi)
+        want = (-0.5 * (z * z).sum() - 0.5 * model.dim * np.log(2 * np.pi)
                 + torch.linalg.slogdet(jac)[1])
         np.testing.assert_allclose(got[i], float(want.detach()), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dim", DIMS)
+def test_log_prob_matches_autograd_jacobian_slogdet(arch, dim):
+    x0, y, _ = inputs(dim)
+    assert_log_prob_is_autograd_slogdet(make(arch, dim), x0, y)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -214,17 +218,7 @@ def test_periodic_symmetry_is_exact_and_keeps_the_contract(arch, tmp_path):
     a = model.sample(x0, generator=torch.Generator().manual_seed(1))
     b = model.sample(x0 + shift, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(b - a, torch.as_tensor(shift).expand(7, 2), rtol=0, atol=1e-9)
-    x0_t, y_t = torch.as_tensor(x0), torch.as_tensor(y)
-    got = model.log_prob(y, x0).detach()
-    for i in range(3):
-        def f(v, i=i):
-            yn, ctx = model.normalize(x0_t[i:i + 1], v[None], None)
-            return model.forward_map(yn, ctx)[0]
-
-        jac = torch.autograd.functional.jacobian(f, y_t[i])
-        z = f(y_t[i])
-        want = -0.5 * (z * z).sum() - np.log(2 * np.pi) + torch.linalg.slogdet(jac)[1]
-        torch.testing.assert_close(got[i], want.detach(), rtol=1e-10, atol=1e-10)
+    assert_log_prob_is_autograd_slogdet(model, x0, y)
     model.save(tmp_path / "m")
     loaded = load_model(tmp_path / "m", device="cpu")
     assert loaded.config.x0_period == PERIOD
@@ -254,18 +248,8 @@ def test_residual_prnf_keeps_the_contract(dim, tmp_path):
     rng = np.random.default_rng(0)
     model.fit_normalization(rng.normal(1.0, 2.0, (64, dim)), rng.normal(-1.0, 0.5, (64, dim)))
     x0, y, _ = inputs(dim)
-    x0_t, y_t = torch.as_tensor(x0), torch.as_tensor(y)
-    got = model.log_prob(y, x0).detach()
-    for i in range(3):
-        def f(v, i=i):
-            yn, ctx = model.normalize(x0_t[i:i + 1], v[None], None)
-            return model.forward_map(yn, ctx)[0]
-
-        jac = torch.autograd.functional.jacobian(f, y_t[i])
-        z = f(y_t[i])
-        want = -0.5 * (z * z).sum() - 0.5 * dim * np.log(2 * np.pi) + torch.linalg.slogdet(jac)[1]
-        torch.testing.assert_close(got[i], want.detach(), rtol=1e-10, atol=1e-10)
-    yn, ctx = model.normalize(x0_t, y_t, None)
+    assert_log_prob_is_autograd_slogdet(model, x0, y)
+    yn, ctx = model.normalize(torch.as_tensor(x0), torch.as_tensor(y), None)
     loss, _ = model.train().training_loss(yn, ctx, lam=100.0)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

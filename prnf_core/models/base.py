@@ -40,6 +40,18 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def fill_from_preset(data: Any, values: Any) -> Any:
+    """Raw input ``data`` with the keys it does not give filled from its preset, whose values
+    are ``values(preset_name, data)``: explicit values always win.
+
+    Used by ``mode="before"`` validators: after validation a default and an explicit value of
+    the same field can no longer be told apart.
+    """
+    if isinstance(data, dict) and isinstance(data.get("preset"), str):
+        return {**values(data["preset"], data), **data}
+    return data
+
+
 class ModelConfig(BaseModel):
     """Architecture and size of a surrogate. ``preset="paper"`` = 2 hidden layers of 512, tanh."""
 
@@ -79,14 +91,7 @@ class ModelConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        """Fill absent keys from the preset, before validation, so explicit values win.
-
-        Done on the raw input (not after validation) because afterwards a default and an
-        explicit value of the same field can no longer be told apart.
-        """
-        if isinstance(data, dict) and isinstance(data.get("preset"), str):
-            return {**MODEL_PRESETS.get(data["preset"], {}), **data}
-        return data
+        return fill_from_preset(data, lambda name, _: MODEL_PRESETS.get(name, {}))
 
     def for_problem(self, sde: Any) -> ModelConfig:
         """This config with the problem's dimension and, for ``x0_period="problem"``, the
