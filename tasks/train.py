@@ -36,7 +36,7 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
         raise ConfigError(
             f"model.dim: {model.dim} does not match the dataset's dimension {dataset.dim}"
         )
-    model = model.model_copy(update={"dim": dataset.dim})
+    model = model.for_problem(dataset.config.sde())
     out = Path(output)
     fields, digest = training_fingerprint(dataset.dataset_id, model, training)
     if restart:  # the checkpoint first: once it is gone nothing stale can be resumed
