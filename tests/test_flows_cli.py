@@ -148,3 +148,26 @@ def test_cli_train_refuses_missing_or_incomplete_data(prefect_harness, tmp_path)
                    tmp_path / "half.zarr")
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "half.zarr")])
     assert result.exit_code == 2 and "incomplete" in result.output
+
+
+def test_train_uses_the_problems_declared_symmetry_by_default(tmp_path):
+    """abc3d declares x0_period = 2π: `prnf train` resolves the default model.x0_period
+    ('problem') into the saved model; `x0_period: null` in YAML turns it off."""
+    import math
+
+    from prnf_core.models import load_metadata
+
+    data = str(tmp_path / "abc.zarr")
+    assert runner.invoke(app, ["simulate", "--problem", "abc3d", "-n", "200", "--chunk-size",
+                               "200", "--t-end", "0.02", "--workers", "0",
+                               "--out", data]).exit_code == 0
+    on = runner.invoke(app, ["train", "--data", data, "--epochs", "1", "--width", "8",
+                             "--out", str(tmp_path / "on")])
+    assert on.exit_code == 0, on.output
+    assert load_metadata(tmp_path / "on")["model"]["x0_period"] == [2 * math.pi] * 3
+    (tmp_path / "off.yaml").write_text("model: {x0_period: null}\n")
+    off = runner.invoke(app, ["train", "--data", data, "--epochs", "1", "--width", "8",
+                              "--config", str(tmp_path / "off.yaml"), "--out",
+                              str(tmp_path / "off")])
+    assert off.exit_code == 0, off.output
+    assert load_metadata(tmp_path / "off")["model"]["x0_period"] is None
