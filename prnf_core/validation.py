@@ -278,12 +278,7 @@ def sliced_wasserstein(a: ArrayLike, b: ArrayLike, n_projections: int = 128, see
     >>> sliced_wasserstein(x, x + 0.25, p=1)
     0.25
     """
-    a, b = _as_2d(a, "a"), _as_2d(b, "b")
-    _same_dim(("a", a), ("b", b))
-    if p < 1:
-        raise ValueError(f"p must be >= 1, got {p}")
-    theta = _sw_directions(n_projections, a.shape[1], seed)
-    weights, ia, ib = _coupling(len(a), len(b))
+    a, b, theta, (weights, ia, ib) = _sw_setup(a, b, n_projections, seed, p)
     total = 0.0
     for start in range(0, len(theta), chunk):
         th = theta[start:start + chunk]
@@ -293,15 +288,20 @@ def sliced_wasserstein(a: ArrayLike, b: ArrayLike, n_projections: int = 128, see
     return (total / len(theta)) ** (1.0 / p)
 
 
-def _sw_directions(n_projections: int, dim: int, seed: int) -> np.ndarray:
+def _sw_setup(a: ArrayLike, b: ArrayLike, n_projections: int, seed: int, p: int):
+    """What every sliced-Wasserstein computation of ``a`` against ``b`` starts from: the
+    checked samples, the directions and the quantile coupling of the two sample sizes."""
+    a, b = _as_2d(a, "a"), _as_2d(b, "b")
+    _same_dim(("a", a), ("b", b))
+    if p < 1:
+        raise ValueError(f"p must be >= 1, got {p}")
     # In 1-D every direction is ±1 and W_p is invariant under the sign: compute it once.
-    return np.ones((1, 1)) if dim == 1 else random_directions(n_projections, dim, seed)
-
-
-def _coupling(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if n == m:
-        return np.full(n, 1.0 / n), np.arange(n), np.arange(n)
-    return _quantile_coupling(n, m)
+    theta = (np.ones((1, 1)) if a.shape[1] == 1
+             else random_directions(n_projections, a.shape[1], seed))
+    n, m = len(a), len(b)
+    coupling = ((np.full(n, 1.0 / n), np.arange(n), np.arange(n)) if n == m
+                else _quantile_coupling(n, m))
+    return a, b, theta, coupling
 
 
 def sliced_wasserstein_bootstrap(a: ArrayLike, b: ArrayLike, n_boot: int,
@@ -319,12 +319,9 @@ def sliced_wasserstein_bootstrap(a: ArrayLike, b: ArrayLike, n_boot: int,
     >>> sliced_wasserstein_bootstrap(x, x + 1.0, n_boot=3, n_projections=16).shape
     (3,)
     """
-    a, b = _as_2d(a, "a"), _as_2d(b, "b")
-    _same_dim(("a", a), ("b", b))
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    theta = _sw_directions(n_projections, a.shape[1], seed)
-    weights, ia, ib = _coupling(len(a), len(b))
+    a, b, theta, (weights, ia, ib) = _sw_setup(a, b, n_projections, seed, p)
     # float32 halves the sort time of every resample; rounding at 1e-7 is far below the spread
     projected = (a @ theta.T).astype(np.float32)
     pb = np.sort(b @ theta.T, axis=0)[ib]
