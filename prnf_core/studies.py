@@ -142,9 +142,22 @@ class QoIAgreement:
         """Whether sampling noise is small enough to tell: 2 SE below the tolerance."""
         return 2 * self.combined_stderr < self.tolerance
 
+    @property
+    def bias_se(self) -> float:
+        """Signed ``sur - mc`` in combined standard errors ``sqrt(SE_sur² + SE_mc²)``.
+
+        The binomial SEs as given (zero hits: SE 0, as in :attr:`resolvable`); 0 when the two
+        values agree exactly, ±inf when they differ with both SEs 0.
+        """
+        diff = self.sur - self.mc
+        se = math.hypot(self.sur_stderr, self.mc_stderr)
+        if se > 0:
+            return diff / se
+        return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "abs_error": self.abs_error, "rel_error": self.rel_error,
-                "within": self.within, "resolvable": self.resolvable}
+                "within": self.within, "resolvable": self.resolvable, "bias_se": self.bias_se}
 
 
 def compare_rates(key: str, sur: SurrogateQoI, mc: Mapping[str, float], *, rel_tol: float,

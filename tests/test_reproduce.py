@@ -2,11 +2,13 @@
 
 Accuracy goals are not asserted here (the quick and paper profiles are benchmarks whose numbers
 are in docs/results); these tests check that every experiment runs through the pipeline, writes
-its page with tables and figures, logs to MLflow, and refuses bad settings naming the field.
+its page with tables and figures, logs to MLflow, and refuses bad settings naming the field. The
+goal logic itself (PASS/MISS from measured numbers) is checked on synthetic numbers.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -18,8 +20,10 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.reproduce import ReproduceParams, reproduce_flow
-from flows.reproduce.settings import PROFILES, resolve_settings
-from prnf_core.studies import abc3d_grid_laws, lattice_subset
+from flows.reproduce.report import goals_table
+from flows.reproduce.runaway2d import compare_temperatures, energy_ratios, runaway_goals
+from flows.reproduce.settings import PROFILES, RunawaySettings, resolve_settings
+from prnf_core.studies import QoIAgreement, abc3d_grid_laws, lattice_subset
 from tasks import tracking
 
 TINY = {
@@ -109,6 +113,11 @@ def test_experiment_end_to_end(experiment, prefect_harness, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert f"{experiment}.md" in artifacts and experiment in artifacts
     assert run.data.tags.get("pipeline_run") or run.data.tags.get("pipeline_run.100")
+    if experiment == "runaway2d":  # every goal of issue 11 judged on the page
+        assert "bias (combined SEs)" in text and "### Goals (issue 11)" in text
+        for goal in ("rate error", "bias", "energy ratio"):
+            assert re.search(rf"\| {goal} \|.*\| \*\*(PASS|MISS)\*\* \|", text), goal
+        assert "energy goal (≤ 2)" in text
     if experiment == "abc3d":  # the quick profile's NSF baseline went through the pipeline too
         assert run.data.tags["pipeline_run.baseline"] != run.data.tags["pipeline_run"]
         assert "Surrogates side by side" in text and "baseline.grid.max_abs_error" in result[
@@ -123,3 +132,89 @@ def test_committed_results_page_names_its_command_machine_and_figures(experiment
     assert re.search(r"wall time \d+(\.\d+)? min", text) and "- Machine: " in text
     figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert figures and all((page.parent / f).is_file() for f in figures)
+
+
+def _runaway_settings(temperatures: list[float]) -> RunawaySettings:
+    return resolve_settings("runaway2d", "quick", {"temperatures": temperatures,
+                                                   "marginal_temperatures": []})
+
+
+def _goals(rates: dict[float, tuple[float, float, float, float]],
+           energy: dict[str, float]) -> dict[str, object]:
+    """Issue 11's goals on synthetic numbers: ``{T̂0: (mc, mc SE, surrogate, surrogate SE)}``."""
+    settings = _runaway_settings(sorted(rates))
+    mc = {f"T{t:g}": {"value": m, "stderr": ms, "n": 100_000} for t, (m, ms, _, _) in rates.items()}
+    sur = {f"T{t:g}": {"value": v, "stderr": vs, "n": 1_000_000, "seconds": 1.0}
+           for t, (_, _, v, vs) in rates.items()}
+    return {g.name: g for g in runaway_goals(compare_temperatures(settings, sur, mc), energy,
+                                             settings)}
+
+
+def test_runaway_goal_defaults_are_issue_11s():
+    s = _runaway_settings([1.0])
+    assert (s.rel_tol, s.abs_tol, s.bias_goal_se, s.energy_goal) == (0.03, 0.0005, 3.0, 2.0)
+    assert s.relative_from == 4.0
+    assert "energy-distance ratio" in RunawaySettings.model_fields["energy_goal"].description
+
+
+def test_runaway_goals_pass():
+    # T̂0 = 2: abs error 5e-5 ≤ 5e-4, bias 0.5 SE; T̂0 = 5: rel 0.02 ≤ 0.03, bias 1.0 SE.
+    goals = _goals({2.0: (0.001, 0.0001, 0.00105, 0.0), 5.0: (0.05, 0.0006, 0.051, 0.0008)},
+                   {"T2": 1.2, "T5": 1.9})
+    assert [g.verdict for g in goals.values()] == ["PASS", "PASS", "PASS"]
+    assert goals["rate error"].measured == "max rel 0.02 (T̂0 = 5); max abs 5e-05 (T̂0 = 2)"
+    assert goals["rate error"].evidence == "all 2 temperatures within"
+    assert goals["bias"].measured == "max 1.0 SE (T̂0 = 5)"
+    assert goals["energy ratio"].measured == "max 1.9 (T5)"
+    text = goals_table(list(goals.values()))
+    assert "| energy ratio | ≤ 2 on every validated law | max 1.9 (T5) | **PASS** |" in text
+    assert {line.count("|") for line in text.splitlines()} == {6}  # no stray pipe in a cell
+
+
+def test_runaway_rate_goal_misses_4_percent_at_t5_and_abs_above_5e_4():
+    # 4 % off at T̂0 = 5 but only 2 SE: the rate goal misses, the bias goal does not.
+    goals = _goals({5.0: (0.05, 0.0006, 0.052, 0.0008)}, {"T5": 1.0})
+    assert goals["rate error"].verdict == "MISS" and goals["bias"].verdict == "PASS"
+    assert goals["rate error"].evidence == "fails at 1 of 1: T̂0 = 5 (rel 0.04)"
+    # Below relative_from the absolute tolerance 0.0005 applies: 0.0006 off misses.
+    goals = _goals({3.0: (0.01, 0.001, 0.0106, 0.0), 6.0: (0.07, 0.001, 0.07, 0.0)},
+                   {"T3": 1.0})
+    assert goals["rate error"].verdict == "MISS" and goals["bias"].verdict == "PASS"
+    assert goals["rate error"].evidence == "fails at 1 of 2: T̂0 = 3 (abs 0.0006)"
+
+
+def test_runaway_bias_goal_misses_at_6_combined_ses():
+    # 1.2 % off (within the 3 % rate goal) but 6 combined SEs (sqrt(0.6² + 0.8²) = 1 × 1e-4).
+    goals = _goals({5.0: (0.05, 0.00006, 0.0506, 0.00008)}, {"T5": 1.0})
+    assert goals["rate error"].verdict == "PASS"
+    assert goals["bias"].verdict == "MISS"
+    assert goals["bias"].measured == "max 6.0 SE (T̂0 = 5)"
+    assert goals["bias"].evidence == "fails at 1 of 1: T̂0 = 5 (+6.0 SE)"
+    # Zero MC hits: the MC SE is 0 (as in the noise column), so the surrogate's SE alone counts.
+    goals = _goals({1.0: (0.0, 0.0, 2.5e-5, 5e-6)}, {"T1": 1.0})
+    assert goals["rate error"].verdict == "PASS" and goals["bias"].verdict == "MISS"
+    assert goals["bias"].evidence == ("fails at 1 of 1: T̂0 = 1 (+5.0 SE); MC has zero hits at "
+                                      "T̂0 = 1 (MC SE taken as 0)")
+
+
+def test_runaway_energy_goal_misses_above_2():
+    goals = _goals({5.0: (0.05, 0.0006, 0.05, 0.0008)}, {"T2": 1.5, "T5": 2.5})
+    assert goals["energy ratio"].verdict == "MISS"
+    assert goals["energy ratio"].measured == "max 2.5 (T5)"
+    assert goals["energy ratio"].evidence == "fails at 1 of 2: T5 (2.5)"
+    # A validated law whose energy ratio is missing fails too; no validated law is no PASS.
+    metrics = {"val/T2/sw_ratio": 1.0, "val/T2/energy_ratio": 1.5, "val/T5/sw_ratio": 1.0,
+               "train/loss": 3.0}
+    ratios = energy_ratios(metrics)
+    assert list(ratios) == ["T2", "T5"] and ratios["T2"] == 1.5 and math.isnan(ratios["T5"])
+    assert _goals({5.0: (0.05, 0.0006, 0.05, 0.0008)}, ratios)["energy ratio"].evidence == (
+        "fails at 1 of 2: T5 (nan)")
+    assert _goals({5.0: (0.05, 0.0006, 0.05, 0.0008)}, {})["energy ratio"].verdict == "MISS"
+
+
+def test_bias_in_combined_standard_errors():
+    agree = QoIAgreement("T1", 0.0, 0.0, 0.0, 0.0, 0.0005, "absolute")
+    assert agree.bias_se == 0.0
+    assert QoIAgreement("T1", 1e-5, 0.0, 0.0, 0.0, 0.0005, "absolute").bias_se == math.inf
+    assert QoIAgreement("T5", 0.047, 0.0003, 0.05, 0.0004, 0.03, "relative").bias_se == (
+        pytest.approx(-6.0))

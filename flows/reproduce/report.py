@@ -9,6 +9,7 @@ import json
 import os
 import platform
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,34 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def verdict(passed: bool) -> str:
+    """A goal's verdict for a page: ``PASS`` or ``MISS``."""
+    return "PASS" if passed else "MISS"
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One goal of a results page: the threshold, what was measured, the verdict, the evidence
+    (e.g. where it fails)."""
+
+    name: str
+    threshold: str
+    measured: str
+    passed: bool
+    evidence: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.passed)
+
+
+def goals_table(goals: Sequence[Goal]) -> str:
+    """The goals as a markdown table, one PASS/MISS row each."""
+    return table(["goal", "threshold", "measured", "verdict", "evidence"],
+                 [[g.name, g.threshold, g.measured, f"**{g.verdict}**", g.evidence]
+                  for g in goals])
 
 
 class ResultPage:

@@ -74,8 +74,18 @@ class RunawaySettings(StudySettings):
     relative_from: float = Field(
         4.0, description="Temperatures at or above use the relative tolerance, below the "
                          "absolute one.")
-    rel_tol: float = Field(0.10, gt=0, description="Goal: relative error of the rate.")
-    abs_tol: float = Field(0.002, gt=0, description="Goal: absolute error of the rate.")
+    rel_tol: float = Field(
+        0.03, gt=0, description="Goal (issue 11): relative error of every rate at T̂0 ≥ "
+                                "relative_from.")
+    abs_tol: float = Field(
+        0.0005, gt=0, description="Goal (issue 11): absolute error of every rate below "
+                                  "relative_from.")
+    bias_goal_se: float = Field(
+        3.0, gt=0, description="Goal (issue 11): |surrogate − MC rate| at most this many "
+                               "combined binomial standard errors at every temperature.")
+    energy_goal: float = Field(
+        2.0, gt=0, description="Goal (issue 11): energy-distance ratio to the MC noise floor "
+                               "of every law the pipeline validates.")
     mc_seed: int = Field(2_000_003, ge=0, description="Seed of the MC reference sets.")
 
     @model_validator(mode="after")
