@@ -9,7 +9,10 @@ Run ``python benchmarks/bench_model.py [--quick] [--device cpu|cuda] [--threads 
      forward pass, :class:`prnf_core.models.prnf.JacobianMLP`);
    * ``reference``: the same two MLPs, ``log|det ∇_y f|`` from d separate
      ``torch.autograd.grad(z[:, i].sum(), y, create_graph=True)`` passes, stacked, ``slogdet``;
-   * ``vmap(jacfwd)`` and ``vmap(jacrev)`` of ``torch.func`` (for information).
+   * ``vmap(jacfwd)`` and ``vmap(jacrev)`` of ``torch.func`` (for information);
+   * ``prnf (torch.compile)``: ``PRNF.training_loss`` under ``torch.compile(dynamic=True)``, as
+     ``TrainConfig(torch_compile=True)`` trains (the one-off compile, tens of CPU seconds on a
+     cold cache, happens before timing and is not counted).
 
    All variants start from the same weights; before timing, the script checks that their losses
    agree to 1e-5 (relative) and their float64 gradients to 1e-8, and reports the float32
@@ -138,8 +141,19 @@ def func_loss(model: Any, yn: torch.Tensor, ctx: torch.Tensor, lam: float,
     return _loss_from_jacobian(model, z, jac, yn, ctx, lam)
 
 
+_COMPILED: dict[int, Callable] = {}  # per model: the compiled bound method keeps it alive
+
+
+def compiled_loss(model: Any, yn: torch.Tensor, ctx: torch.Tensor, lam: float) -> torch.Tensor:
+    """``PRNF.training_loss`` under ``torch.compile``, compiled once per model."""
+    if id(model) not in _COMPILED:
+        _COMPILED[id(model)] = torch.compile(model.training_loss, dynamic=True)
+    return _COMPILED[id(model)](yn, ctx, lam)[0]
+
+
 LOSSES: dict[str, Callable[[Any, torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
     "prnf": lambda m, yn, ctx, lam: m.training_loss(yn, ctx, lam)[0],
+    "prnf (torch.compile)": compiled_loss,
     "reference (d autograd passes)": reference_loss,
     "vmap(jacfwd)": lambda m, yn, ctx, lam: func_loss(m, yn, ctx, lam, "jacfwd"),
     "vmap(jacrev)": lambda m, yn, ctx, lam: func_loss(m, yn, ctx, lam, "jacrev"),

@@ -106,6 +106,15 @@ class TrainConfig(BaseModel):
                     "fastest for CPU-sized models: measured 6 ms vs 74 ms per step with 2 "
                     "threads on a busy 2-core machine.",
     )
+    torch_compile: bool = Field(
+        False,
+        description="Compile the training loss with torch.compile (any batch size, one "
+                    "compile). Measured on one CPU thread at d=3, width 256, batch 512: "
+                    "1.2x faster steps in float32 and float64 (1.1x at width 512, batch "
+                    "5000), after a one-off compile of about 25 CPU s (2 s when the on-disk "
+                    "cache of an earlier run with the same shapes applies): worth it for long "
+                    "or repeated runs. Needs a C++ compiler on CPU.",
+    )
     preset: Literal["paper"] | None = Field(
         None, description="'paper': 30,000 iterations, batch 5000, lr 1e-3 -> 5e-4 at 3000, "
                           "λ=100. Fills only the fields not given explicitly: an explicit "
@@ -173,9 +182,10 @@ def training_pairs(data: Any) -> tuple[np.ndarray, np.ndarray]:
     raise ConfigError(f"data: expected a Dataset, a store path or (x0, xT); got {type(data)}")
 
 
-#: TrainConfig fields that never change the weights: display, logging, CPU threads, and the
-#: preset's name (the values it gave are in the other fields).
-COSMETIC_TRAINING_FIELDS = frozenset({"progress", "log_every", "threads", "preset"})
+#: TrainConfig fields that never change the weights (beyond rounding): display, logging, CPU
+#: threads, torch.compile, and the preset's name (the values it gave are in the other fields).
+COSMETIC_TRAINING_FIELDS = frozenset({"progress", "log_every", "threads", "preset",
+                                      "torch_compile"})
 #: Fields that only say where training stops. They enter the fingerprint only where they also
 #: shape the steps before (the cosine schedule's horizon), so that a finished run with a
 #: constant or step schedule can be continued for more epochs, bit-identical to a longer run.
@@ -371,6 +381,8 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
     else:
         epochs, total_steps = config.epochs, config.epochs * steps_per_epoch
     scheduler = _scheduler(optimizer, config, total_steps)
+    training_loss = (torch.compile(model.training_loss, dynamic=True) if config.torch_compile
+                     else model.training_loss)
 
     result = FitResult(n_train=len(x_tr), n_val=len(val_idx))
     best_state = None
@@ -414,7 +426,7 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
                     break
                 idx = perm[b * batch:(b + 1) * batch]
                 yn, ctx = model.normalize(x_tr[idx], y_tr[idx], None)
-                loss, parts = model.training_loss(yn, ctx, config.lam)
+                loss, parts = training_loss(yn, ctx, config.lam)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(
                         f"loss is {float(loss.detach())} at epoch {epoch}, step {result.steps}; "
