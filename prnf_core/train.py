@@ -89,6 +89,16 @@ class TrainConfig(BaseModel):
         default_factory=list, description="Steps at which 'step' multiplies the lr by lr_decay."
     )
     lr_decay: float = Field(0.5, gt=0, le=1, description="Factor of the 'step' schedule.")
+    warmup_steps: int = Field(
+        0, ge=0, description="Linear learning-rate warm-up over the first steps (0: none), "
+                             "multiplying the schedule."
+    )
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1,
+        description="Exponential moving average of the weights, updated every step with this "
+                    "decay (e.g. 0.999) and used for validation, early stopping and the saved "
+                    "model; None: the raw weights.",
+    )
     lam: float = Field(100.0, ge=0, description="Reversibility weight λ (prnf).")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of pairs held out.")
     split_seed: int = Field(0, ge=0, description="Seed of the train/validation split.")
@@ -281,14 +291,55 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+def lr_factor(config: TrainConfig, total_steps: int, step: int) -> float:
+    """The multiple of ``config.lr`` used at ``step`` (0-based): warm-up times schedule.
+
+    >>> config = TrainConfig(lr_schedule="cosine", warmup_steps=10)
+    >>> [round(lr_factor(config, 100, s), 3) for s in (0, 9, 50, 100)]
+    [0.1, 0.98, 0.5, 0.0]
+    """
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     if config.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+        horizon = max(total_steps, 1)
+        return warm * 0.5 * (1 + math.cos(math.pi * min(step, horizon) / horizon))
     if config.lr_schedule == "step":
-        return torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=config.lr_milestones, gamma=config.lr_decay
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        return warm * config.lr_decay ** sum(step >= m for m in config.lr_milestones)
+    return warm
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(config, total_steps, step))
+
+
+class WeightAverage:
+    r"""An exponential moving average of a model's floating-point parameters (Polyak averaging),
+    :math:`\bar θ \leftarrow d\,\bar θ + (1 - d)\,θ` after every step. :meth:`swap`
+    exchanges the model's weights and the average: once to evaluate (and keep) the average,
+    once more to go on training the raw weights."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.params = [p for p in model.parameters()]
+        self.average = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1 - self.decay)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        for p, a in zip(self.params, self.average, strict=True):
+            raw = p.detach().clone()
+            p.copy_(a)
+            a.copy_(raw)
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return self.average
+
+    def load_state_dict(self, state: list[torch.Tensor]) -> None:
+        for a, saved in zip(self.average, state, strict=True):
+            a.copy_(saved)
 
 
 @torch.no_grad()
@@ -383,6 +434,7 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
     scheduler = _scheduler(optimizer, config, total_steps)
     training_loss = (torch.compile(model.training_loss, dynamic=True) if config.torch_compile
                      else model.training_loss)
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
 
     result = FitResult(n_train=len(x_tr), n_val=len(val_idx))
     best_state = None
@@ -401,6 +453,8 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
+        if average is not None:
+            average.load_state_dict(state["weight_average"])
         start_epoch = int(state["epoch"]) + 1
         result.steps = int(state["steps"])
         result.best_val_nll = float(state["best_val_nll"])
@@ -439,6 +493,8 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 scheduler.step()
+                if average is not None:
+                    average.update()
                 result.steps += 1
                 n = len(idx)
                 seen += n
@@ -451,6 +507,8 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
                     for cb in callbacks:
                         cb("step", result.steps, metrics)
             metrics = {k: float(v) / max(seen, 1) for k, v in sums.items()}
+            if average is not None:  # validate (and keep as best) the averaged weights
+                average.swap()
             metrics.update(evaluate(model, x_va, y_va))
             metrics["lr"] = scheduler.get_last_lr()[0]
             metrics["epoch"] = epoch
@@ -465,9 +523,11 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             for cb in callbacks:
                 cb("epoch", epoch, metrics)
+            if average is not None:
+                average.swap()  # the raw weights go on training
             if ckpt is not None:
                 _save_checkpoint(ckpt, model, optimizer, scheduler, gen, epoch, result, best_state,
-                                 fingerprint)
+                                 fingerprint, average)
             if bar is not None:
                 bar.update(bar.task_ids[0], advance=1,
                            description=f"train val_nll={metrics['val_nll']:.4f} "
@@ -488,8 +548,8 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, gen, epoch: int,
-                     result: FitResult, best_state, fingerprint: tuple[dict[str, Any], str]
-                     ) -> None:
+                     result: FitResult, best_state, fingerprint: tuple[dict[str, Any], str],
+                     average: WeightAverage | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({
@@ -498,6 +558,7 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, gen, epoch: int,
         "steps": result.steps, "best_val_nll": result.best_val_nll,
         "best_epoch": result.best_epoch, "best_model": best_state,
         "history": result.history,
+        "weight_average": None if average is None else average.state_dict(),
         "training_fingerprint": {"fields": fingerprint[0], "hash": fingerprint[1]},
     }, tmp)
     tmp.replace(path)  # atomic: a kill mid-write never leaves a truncated checkpoint

@@ -88,6 +88,49 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
+def test_learning_rate_warm_up_multiplies_the_schedule():
+    lrs = []
+    fit(fresh(), pairs(), quick(epochs=2, lr=1e-2, warmup_steps=4, lr_schedule="constant",
+                                log_every=1),
+        callbacks=[lambda kind, i, m: lrs.append(m["lr"]) if kind == "step" else None])
+    # the lr reported after step k is the one step k + 1 uses: (k + 1) / 4 of the base lr
+    np.testing.assert_allclose(lrs[:5], [5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2])
+
+
+def test_weight_average_is_what_is_validated_and_kept():
+    """With ``ema_decay`` the saved weights are the exponential average of the raw weights
+    (recomputed here from a callback's view of every step), not the last raw weights."""
+    decay = 0.8
+    model = fresh()
+    average = [p.detach().clone() for p in model.parameters()]
+
+    def follow(kind, index, metrics):
+        if kind == "step":
+            for a, p in zip(average, model.parameters(), strict=True):
+                a.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+    result = fit(model, pairs(), quick(epochs=1, ema_decay=decay, log_every=1),
+                 callbacks=[follow])
+    assert result.best_epoch == 0
+    for a, p in zip(average, model.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), a, rtol=1e-5, atol=1e-6)
+    raw = fresh()
+    fit(raw, pairs(), quick(epochs=1, log_every=1))
+    assert not torch.equal(raw.forward_net.linears[0].weight, model.forward_net.linears[0].weight)
+
+
+def test_resume_with_weight_average_matches_an_uninterrupted_run(tmp_path):
+    data, settings = pairs(), {"lr_schedule": "constant", "ema_decay": 0.9}
+    full = fresh()
+    fit(full, data, quick(epochs=4, **settings))
+    first = fresh()
+    fit(first, data, quick(epochs=2, **settings), checkpoint_dir=tmp_path)
+    resumed = fresh()
+    fit(resumed, data, quick(epochs=4, **settings), checkpoint_dir=tmp_path, resume=True)
+    for p, q in zip(full.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
     model = fresh()
     original = model.training_loss
