@@ -234,7 +234,9 @@ def report(results: list[dict[str, Any]], plot_path: Path | None) -> None:
     for r in results:
         last = r["curve"][-1]
         cells = ""
-        if with_qoi:
+        if with_qoi and "laws" not in last:  # a result file written before QoIs were scored
+            cells = " | – | –"
+        elif with_qoi:
             laws = last["laws"].values()
             rel = max(abs(v["qoi"] - v["qoi_mc"]) / v["qoi_mc"] for v in laws)
             bias = max((v["qoi_z"] for v in laws), key=abs)
