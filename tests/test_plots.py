@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 from matplotlib.image import imread
@@ -32,10 +30,6 @@ def samples():
     mc = rng.normal(size=(3000, 3))
     sur = rng.normal(size=(3000, 3)) * [1.0, 1.2, 1.0] + [0.2, 0.0, 0.0]
     return sur, mc
-
-
-def test_module_doctests():
-    assert doctest.testmod(plots).failed == 0
 
 
 def test_marginals_1d(samples, tmp_path):

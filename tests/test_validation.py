@@ -7,7 +7,6 @@ distance), stated next to the assertion.
 
 from __future__ import annotations
 
-import doctest
 import itertools
 import json
 import math
@@ -18,7 +17,6 @@ import pytest
 from scipy import integrate, stats
 from scipy.spatial.distance import cdist
 
-from prnf_core import validation as V
 from prnf_core.validation import (
     ABC_BOX,
     QOIS,
@@ -35,11 +33,6 @@ from prnf_core.validation import (
     sliced_wasserstein,
     validate_samples,
 )
-
-
-def test_module_doctests():
-    result = doctest.testmod(V, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 5
 
 
 # -- energy distance --------------------------------------------------------------------------
