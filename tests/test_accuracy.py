@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from prnf_core import DatasetConfig, get_problem, open_dataset, run_dataset
 from prnf_core.metrics import exact_kl
-from prnf_core.models import ModelConfig, build_model
+from prnf_core.models import ConditionalSampler, ModelConfig, build_model
 from prnf_core.train import TrainConfig, fit
 
 KL_MAX = 0.03
@@ -66,19 +67,56 @@ def test_under_trained_model_fails_the_check(tmp_path_factory):
     assert est.kl - K_SE * est.stderr > KL_MAX, est
 
 
-def test_kl_of_the_exact_law_is_zero_within_its_error():
-    """The estimator itself is unbiased: a 'model' equal to the truth scores KL ≈ 0."""
-    import torch
+class _BiasedExact(ConditionalSampler):
+    """The exact OU transition made wrong on purpose: q(y | x0) = N(m(x0) + L u, c² Σ).
 
-    from prnf_core.models.base import ConditionalSampler, ModelConfig
+    ``m(x0)``, ``Σ = L Lᵀ`` are the exact conditional mean and covariance at ``t_end``; the mean
+    is shifted by ``u`` in whitened units and the covariance scaled by ``c²``.
+    """
 
+    def __init__(self, sde, shift_white, scale):
+        super().__init__(ModelConfig(dim=sde.dim))
+        self.sde, self.u, self.c = sde, np.asarray(shift_white, dtype=float), float(scale)
+        self.fitted.fill_(True)
+
+    def log_prob(self, y, x0, cond=None):
+        y, x0 = np.asarray(y, dtype=float), np.asarray(x0, dtype=float)
+        mean, cov = self.sde.transition_mean_cov(x0, self.sde.t_end)
+        chol = self.c * np.linalg.cholesky(cov)
+        z = np.linalg.solve(chol, (y - mean - np.linalg.cholesky(cov) @ self.u).T).T
+        log_det = 2.0 * np.log(np.diag(chol)).sum()
+        d = self.sde.dim
+        return torch.as_tensor(-0.5 * (z**2).sum(axis=1) - 0.5 * log_det
+                               - 0.5 * d * np.log(2 * np.pi))
+
+
+@pytest.mark.parametrize(("shift_white", "scale"), [
+    ((0.3, -0.2), 1.0),   # mean only: KL = |u|²/2 = 0.065
+    ((0.0, 0.0), 1.25),   # variance only: KL = (d/c² - d + d ln c²)/2 = 0.0863
+    ((0.5, 0.5), 0.8),    # both
+])
+def test_kl_of_a_deliberately_biased_exact_model(shift_white, scale):
+    """exact_kl recovers the closed-form KL(N(μ, Σ) ‖ N(μ + Lu, c²Σ)) of a biased exact model.
+
+    The initial law is a point mass, so p_T = N(μ, Σ) and q_T = N(μ + Lu, c²Σ) exactly (the
+    x0 mixtures are exact for any n_x0) and the estimate is the mean of n_y i.i.d. log-ratios
+    ℓ(y) = log p − log q. With y = μ + Lz, a = 1/c²:
+    ℓ = ½(a − 1)|z|² − a uᵀz + ½a|u|² + d ln c, so
+    KL = E ℓ = ½[d a − d + d ln c² + a|u|²] and Var ℓ = ½(a − 1)² d + a²|u|²
+    (|z|² is χ²_d with variance 2d; uᵀz ~ N(0, |u|²); their covariance is 0).
+    Tolerance: 4 standard errors sqrt(Var ℓ / n_y) (fixed seed). The reported stderr must match
+    that SE within 10 % (the sample SD's own relative error is ≈ sqrt((κ − 1)/(4 n_y)) ≈ 1 %).
+    """
     sde = get_problem("ou")
-
-    class Exact(ConditionalSampler):
-        def log_prob(self, y, x0, cond=None):
-            return torch.as_tensor(sde.transition_logpdf(np.asarray(y), np.asarray(x0), 1.0))
-
-    exact = Exact(ModelConfig(dim=2))
-    exact.fitted.fill_(True)
-    est = exact_kl(sde, exact, initial_laws(2)["bimodal"], n_y=1000, n_x0=1000, seed=3)
-    assert abs(est.kl) < 1e-8 and est.stderr < 1e-8  # rounding only
+    d, n_y = sde.dim, 20_000
+    u = np.asarray(shift_white, dtype=float)
+    a = 1.0 / scale**2
+    kl = 0.5 * (d * a - d + d * np.log(scale**2) + a * u @ u)
+    var = 0.5 * (a - 1) ** 2 * d + a**2 * (u @ u)
+    se = np.sqrt(var / n_y)
+    model = _BiasedExact(sde, u, scale)
+    point = {"kind": "point_mass", "point": [0.5, -0.3]}
+    est = exact_kl(sde, model, point, n_y=n_y, n_x0=8, seed=3)
+    assert kl > 10 * se  # the bias is far above the noise: an estimator returning 0 fails
+    assert abs(est.kl - kl) < 4 * se, (est, kl, se)
+    assert est.stderr == pytest.approx(se, rel=0.10)
