@@ -1,9 +1,16 @@
-"""Typed parameters of the pipeline and validate flows (Prefect UI forms, CLI, YAML)."""
+"""Typed parameters of the pipeline and validate flows (Prefect UI forms, CLI, YAML), and the one
+way every flow's parameters are filled from a YAML file, dotted overrides and CLI options
+(:func:`build_params`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prnf_core.cluster import ExecutionConfig
@@ -11,6 +18,7 @@ from prnf_core.dataset import DatasetConfig
 from prnf_core.errors import ConfigError
 from prnf_core.initial import InitialSpec, parse_initial
 from prnf_core.models import ModelConfig
+from prnf_core.paths import is_url
 from prnf_core.problems import default_test_laws, get_problem
 from prnf_core.simulate import DType
 from prnf_core.train import TrainConfig
@@ -186,12 +194,22 @@ class PipelineParams(BaseModel):
                              seed=self.validation.seed, dtype=self.dtype)
 
 
-def pipeline_for_model(source: str, /, **fields: Any) -> PipelineParams:
-    """The pipeline settings of a saved model (its recorded problem, horizon and dimension).
+def pipeline_for_model(source: str, meta: dict[str, Any], check: CheckParams) -> PipelineParams:
+    """The pipeline settings a saved model was trained with, from its metadata ``meta``
+    (problem, horizon, precision and architecture), validated with ``check``'s test laws,
+    thresholds and execution: the one rebuild the validate and register flows share.
 
     A model whose metadata does not fit its problem (another dimension, edited files) is a
     :class:`ConfigError` naming the model and the fields, not a traceback from inside a flow.
     """
+    problem = meta["problem"]
+    trained = meta.get("dataset_config") or {}  # else: the problem's own horizon
+    fields = {"problem": problem["name"],
+              "problem_params": trained.get("problem_params", problem["params"]),
+              "t_end": trained.get("t_end", problem["t_end"]),
+              "dt": trained.get("dt", problem["dt"]), "dtype": trained.get("dtype", "float64"),
+              "model": meta["model"], "validation": check.validation,
+              "execution": check.execution}
     try:
         return PipelineParams(**fields)
     except ValidationError as exc:
@@ -203,3 +221,132 @@ def pipeline_for_model(source: str, /, **fields: Any) -> PipelineParams:
         raise ConfigError(
             f"model: {source!r} does not fit its recorded problem: {'; '.join(details)}"
         ) from None
+
+
+# ---- Filling a parameters model: YAML file, then dotted overrides, then options --------------
+
+Params = TypeVar("Params", bound=BaseModel)
+
+
+def load_yaml(path: Path | str | None) -> dict[str, Any]:
+    """The mapping a YAML file holds (``{}`` for no file); errors name ``--config``."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: no such file {str(path)!r}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config: {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping")
+    return data
+
+
+def parse_assignments(items: Iterable[str] | None, option: str = "--set") -> dict[str, Any]:
+    """``KEY=VALUE`` strings as ``{KEY: value}``, each value read as YAML (``5``, ``[0, 1]``,
+    ``{kind: point_mass, point: [0]}``); errors name ``option``.
+
+    >>> parse_assignments(["training.epochs=5", "lambdas=[0, 1]"])
+    {'training.epochs': 5, 'lambdas': [0, 1]}
+    """
+    result = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option}: expected KEY=VALUE, got {item!r}")
+        try:
+            result[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{option}: value of {key!r} is not valid YAML: {exc}") from None
+    return result
+
+
+def set_dotted(target: dict[str, Any], key: str, value: Any, *, create: bool = True) -> None:
+    """``target[a][b][c] = value`` for the dotted ``key`` ``"a.b.c"``, in place.
+
+    With ``create``, a section on the way that is absent or null becomes an empty mapping (a YAML
+    file or the options name only what they set). Without it, ``target`` is a model's complete
+    dump, so a section that is not a mapping there is refused (an unknown or unset section).
+
+    >>> raw = {"training": {"lr": 0.1}}
+    >>> set_dotted(raw, "training.epochs", 5); set_dotted(raw, "model.hidden_width", 8); raw
+    {'training': {'lr': 0.1, 'epochs': 5}, 'model': {'hidden_width': 8}}
+    """
+    parts = key.split(".")
+    node = target
+    for i in range(1, len(parts)):
+        node = _section(node, parts[:i], create, key)
+    node[parts[-1]] = value
+
+
+def _section(node: dict[str, Any], parts: list[str], create: bool, key: str) -> dict[str, Any]:
+    """``node[parts[-1]]`` as a mapping of its own (a copy, which ``node`` now holds)."""
+    child = node.get(parts[-1])
+    if create and child is None:
+        child = {}
+    elif not isinstance(child, dict):
+        where = ".".join(parts)
+        raise ConfigError(f"{where}: must be a mapping, got {child!r}" if create else
+                          f"overrides: {where!r} is not a section, cannot set {key!r}")
+    node[parts[-1]] = child = dict(child)  # YAML aliases share one mapping: keep them apart
+    return child
+
+
+def from_cwd(path: str | None) -> str | None:
+    """A relative path typed in a shell means the working directory; the flows would take it
+    under the data root (``prnf_core.paths``), so the CLI passes it on as an absolute path."""
+    if not path or is_url(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def build_params(model: type[Params], *, config: Path | str | None = None,
+                 sets: Iterable[str] | None = None, options: Mapping[str, Any] | None = None,
+                 defaults: Mapping[str, Any] | None = None, sections: Iterable[str] = (),
+                 keep: Iterable[str] | None = None, paths: Iterable[str] = ()) -> Params:
+    """``model`` filled from, in this order (a later source wins):
+
+    1. the YAML file ``config`` (only its top-level ``keep`` sections, when given);
+    2. ``sets``: dotted ``KEY=VALUE`` overrides of any field (``--set training.epochs=5``);
+    3. ``options``: dotted key -> value of the explicit CLI options (``None``: not given);
+
+    then ``defaults`` (dotted key -> value) fill what is still absent, the ``sections`` are
+    made mappings (absent or null: empty), and a string at a dotted key of ``paths`` is taken
+    from the working directory (:func:`from_cwd`). The model validates the whole: a bad value is
+    a ``ValidationError`` naming the dotted field (and, for a choice, the allowed values), bad
+    syntax a :class:`ConfigError` naming the option. Presets and the pipeline's training
+    defaults apply at validation, so they fill only the fields that are still absent.
+
+    >>> from prnf_core.train import TrainConfig
+    >>> build_params(TrainConfig, sets=["epochs=3"], options={"lr": None, "lam": 0.5}).epochs
+    3
+    """
+    raw = load_yaml(config)
+    if keep is not None:
+        raw = {k: raw[k] for k in keep if k in raw}
+    for key, value in [*parse_assignments(sets).items(), *(options or {}).items()]:
+        if value is not None:
+            set_dotted(raw, key, value)
+    for key in sections:
+        _section(raw, [key], True, key)
+    for key, value in (defaults or {}).items():
+        if _get_dotted(raw, key, _ABSENT) is _ABSENT:
+            set_dotted(raw, key, value)
+    for key in paths:
+        if isinstance(path := _get_dotted(raw, key), str):
+            set_dotted(raw, key, from_cwd(path))
+    return model.model_validate(raw)
+
+
+_ABSENT = object()
+
+
+def _get_dotted(raw: Mapping[str, Any], key: str, missing: Any = None) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return missing
+        node = node[part]
+    return node

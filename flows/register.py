@@ -43,11 +43,7 @@ def register_flow(params: RegisterParams) -> dict[str, Any]:
         raise ConfigError(f"model_dir: no model (config.json) in {params.model_dir!r}")
     meta = load_metadata(params.model_dir)
     problem = meta["problem"]["name"]
-    cfg = meta["dataset_config"]
-    pipeline = pipeline_for_model(params.model_dir, problem=problem,
-                                  problem_params=cfg["problem_params"], t_end=cfg["t_end"],
-                                  dt=cfg["dt"], dtype=cfg["dtype"], validation=params.validation,
-                                  execution=params.execution, model=meta["model"])
+    pipeline = pipeline_for_model(params.model_dir, meta, params)
     client = tracking.configure()
     tracking.check_reachable(client)
     experiment = tracking.experiment_id(client, problem)

@@ -38,13 +38,7 @@ def validate_flow(params: ValidateParams) -> dict[str, Any]:
         if law.dim != surrogate.model.dim:
             raise ConfigError(f"validation.laws.{name}: spec has dimension {law.dim} but model "
                               f"{params.model!r} has dimension {surrogate.model.dim}")
-    horizon = {"t_end": meta["problem"]["t_end"], "dt": meta["problem"]["dt"]}
-    dataset_cfg = meta.get("dataset_config") or {}
-    pipeline = pipeline_for_model(params.model, problem=problem, problem_params=problem_params,
-                                  t_end=dataset_cfg.get("t_end", horizon["t_end"]),
-                                  dt=dataset_cfg.get("dt", horizon["dt"]),
-                                  validation=params.validation, execution=params.execution,
-                                  model={"dim": surrogate.model.dim})
+    pipeline = pipeline_for_model(params.model, meta, params)
     client = tracking.configure()
     tracking.check_reachable(client)  # also ends runs an outage or a kill left RUNNING
     experiment = tracking.experiment_id(client, problem)

@@ -2,8 +2,8 @@
 
 ``quick`` is sized for a 2-core CPU (under ~20 minutes per experiment); ``paper`` uses the paper's
 sizes and training settings (a GPU-sized run). Any field can be overridden with a dotted key
-(``training.epochs=3``), validated like the rest: unknown keys and bad values are refused with
-the field named.
+(``training.epochs=3``, :func:`flows.config.set_dotted`, as ``--set`` of every command), validated
+like the rest: unknown keys and bad values are refused with the field named.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flows.config import set_dotted
 from prnf_core.models import ModelConfig
 from prnf_core.simulate import DType
 from prnf_core.train import TrainConfig
@@ -172,18 +173,6 @@ SETTINGS_CLASSES: dict[str, type[StudySettings]] = {
     "bm1d": Bm1dSettings, "runaway2d": RunawaySettings, "abc3d": AbcSettings}
 
 
-def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = target
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if not isinstance(child, dict):
-            raise ValueError(f"overrides: {'.'.join(parts[:i + 1])!r} is not a section, cannot "
-                             f"set {key!r}")
-        node = child
-    node[parts[-1]] = value
-
-
 def resolve_settings(experiment: str, profile: str, overrides: dict[str, Any]
                      ) -> StudySettings:
     """The profile's settings with dotted-key ``overrides`` applied, validated as a whole."""
@@ -194,8 +183,8 @@ def resolve_settings(experiment: str, profile: str, overrides: dict[str, Any]
     for section in ("model", "training", "baseline_model", "baseline_training"):
         if base.get(section):
             base[section].pop("preset", None)
-    for key, value in overrides.items():
-        _set_dotted(base, key, value)
+    for key, value in overrides.items():  # the profile is complete: no section is created
+        set_dotted(base, key, value, create=False)
     # Explicit epochs win over the profile's iterations (the paper preset's 30,000), as they
     # do over a preset's in TrainConfig: `--set training.epochs=5` trains 5 epochs.
     for key in overrides:

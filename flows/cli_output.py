@@ -1,0 +1,109 @@
+"""What the ``prnf`` commands print: a flow's result as a few lines or a table on stdout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from flows.cli_support import out
+from prnf_core.errors import PrnfError
+
+
+def problems() -> None:
+    """The built-in problems and their parameters."""
+    from prnf_core.problems import get_problem, list_problems, problem_parameters
+
+    table = Table("name", "dim", "noise", "T", "dt", "exact p(X_T|x0)", "description")
+    for name in sorted(list_problems()):
+        try:
+            sde = get_problem(name)
+        except PrnfError:  # a registered problem without defaults for all its parameters
+            table.add_row(name, "-", "-", "-", "-", "-", "needs parameters (see below)")
+            continue
+        table.add_row(name, str(sde.dim), sde.noise, f"{sde.t_end:g}", f"{sde.dt:g}",
+                      "yes" if sde.has_exact_transition else "no", sde.description)
+    out.print(table)
+    out.print("parameters (override with --param KEY=VALUE):")
+    for name in sorted(list_problems()):
+        params = ", ".join(f"{k}={v}" for k, v in problem_parameters(name).items())
+        out.print(f"  {name}: {params}", highlight=False)
+
+
+def simulated(result: dict[str, Any]) -> None:
+    out.print(f"dataset id: {result['dataset_id']}")
+    out.print(f"store: {result['path']}")
+    out.print(
+        f"chunks simulated: {result['chunks_simulated']} "
+        f"(already complete: {result['chunks_already_done']}) of {result['n_chunks']}; "
+        f"complete: {result['complete']}; {result['seconds']:.1f} s"
+    )
+
+
+def trained(summary: dict[str, Any]) -> None:
+    resumed = summary.get("resumed_epochs", 0)
+    out.print(f"model: {summary['model_dir']}")
+    out.print(f"summary: {summary['model_dir']}/summary.json")
+    out.print(f"best val_nll {summary['best_val_nll']:.4f} (epoch {summary['best_epoch']}), "
+              f"val reversibility {summary['final'].get('val_rev', 0.0):.2e}, "
+              f"{summary['epochs_run']} epochs"
+              f"{f' ({resumed} resumed from the checkpoint)' if resumed else ''} "
+              f"in {summary['seconds']:.1f} s")
+
+
+def sampled(result: dict[str, Any]) -> None:
+    out.print(f"wrote {result['n']} samples of X_T (d={result['dim']}) to {result['out']} "
+              f"in {result['seconds']:.2f} s")
+
+
+def validated(result: dict[str, Any], model: str) -> None:
+    table = Table("metric", "value", title=f"validation of {model}")
+    for key, value in sorted(result["metrics"].items()):
+        if key.endswith(("kl", "energy_ratio", "sw_ratio", "c2st_acc", "_z")):
+            table.add_row(key, f"{value:.4g}")
+    out.print(table)
+    out.print(f"{'passed' if result['passed'] else 'FAILED'}: score ({result['score_name']}) "
+              f"{result['score']:.4g} ± {result['score_stderr']:.2g}; report and plots: "
+              f"{result['report_dir']}"
+              + "".join(f"\n  {failure}" for failure in result["failures"]), highlight=False)
+
+
+def dataset_info(store: Path) -> None:
+    from prnf_core.dataset import open_dataset
+
+    dataset = open_dataset(store)  # a missing or bad store: exit 2 by Guarded
+    meta = dataset.meta
+    missing = dataset.missing_chunks()
+    out.print(f"dataset id: {meta['dataset_id']}  (schema {meta['schema_version']}, "
+              f"prnf {meta['package_version']})")
+    out.print(f"particles: {dataset.n_particles}, dim: {dataset.dim}, "
+              f"chunks missing: {len(missing)} of {dataset.config.n_chunks}, "
+              f"complete: {dataset.is_complete}")
+    out.print(json.dumps(meta["resolved_config"], indent=2))
+
+
+def pipeline_result(result: dict[str, Any]) -> None:
+    """What `prnf pipeline`, `prnf register` and `prnf run` print."""
+    table = Table("metric", "value", title=f"prnf pipeline: {result['problem']}")
+    for key, value in sorted(result["metrics"].items()):
+        table.add_row(key, f"{value:.4g}")
+    table.add_row(f"score ({result['score_name']})",
+                  f"{result['score']:.4g} ± {result['score_stderr']:.2g}")
+    out.print(table)
+    out.print(f"validation: {'passed' if result['passed'] else 'FAILED'}"
+              + "".join(f"\n  {failure}" for failure in result["failures"]), highlight=False)
+    out.print(f"registered {result['registered_model']} v{result['version']}: "
+              f"{result['decision']}", highlight=False)
+    out.print(f"champion: {result['champion_uri'] or 'none'}", highlight=False)
+    out.print(f"plots and report: {result['report_dir']}", highlight=False)
+    out.print(f"MLflow run {result['run_id']} ({result['tracking_uri']}); "
+              f"dataset {result['dataset_path']}; model {result['model_dir']}", highlight=False)
+
+
+def reproduced(result: dict[str, Any]) -> None:
+    out.print(f"{result['experiment']} ({result['profile']}): {result['headline']}; goal "
+              f"{'met' if result['goal_met'] else 'NOT met'}", highlight=False)
+    out.print(f"page: {result['page']}; MLflow run {result['run_id']}; "
+              f"{result['seconds'] / 60:.1f} min", highlight=False)
