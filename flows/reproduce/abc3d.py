@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,23 +21,34 @@ from typing import Any
 import numpy as np
 
 from flows.pipeline import pipeline_flow
-from flows.reproduce.common import pipeline_params
+from flows.reproduce.common import mc_reference_sets, pipeline_params, setup_section
 from flows.reproduce.report import ResultPage, fmt, table
 from flows.reproduce.settings import AbcSettings
 from prnf_core import plots
 from prnf_core.cluster import ExecutionConfig
-from prnf_core.dataset import DatasetConfig
 from prnf_core.models import load_metadata
 from prnf_core.problems import default_test_laws
 from prnf_core.studies import abc3d_grid_laws, lattice_subset
 from tasks.study import mc_qoi, surrogate_qoi_study
-from tasks.validate import simulate_test_sets
 
 PROBLEM = "abc3d"
 
 
-def _key(i: int, j: int) -> str:
+def grid_key(i: int, j: int) -> str:
+    """The name of grid law (i, j): ``i03_j17`` (zero-padded to two digits, more if needed)."""
     return f"i{i:02d}_j{j:02d}"
+
+
+def grid_indices(key: str) -> tuple[int, int]:
+    """The (i, j) of a :func:`grid_key`, for any grid size.
+
+    >>> grid_indices(grid_key(3, 17)), grid_indices(grid_key(104, 7))
+    ((3, 17), (104, 7))
+    """
+    match = re.fullmatch(r"i(\d+)_j(\d+)", key)
+    if match is None:
+        raise ValueError(f"not a grid key: {key!r}")
+    return int(match[1]), int(match[2])
 
 
 @dataclass
@@ -67,8 +79,8 @@ def run(settings: AbcSettings, page: ResultPage, execution: ExecutionConfig,
     law_name = "paper_truncated_gaussian"
     n = settings.grid
     grid = abc3d_grid_laws(n)
-    laws = {_key(i, j): law.model_dump(mode="json") for (i, j), law in grid.items()}
-    refs = [_key(i, j) for i, j in lattice_subset(n, settings.reference_per_axis)]
+    laws = {grid_key(i, j): law.model_dump(mode="json") for (i, j), law in grid.items()}
+    refs = [grid_key(i, j) for i, j in lattice_subset(n, settings.reference_per_axis)]
     studies = [_study(settings.model.architecture, settings, execution, use_registry, laws, refs,
                       law_name)]
     if settings.baseline_model is not None:
@@ -77,27 +89,24 @@ def run(settings: AbcSettings, page: ResultPage, execution: ExecutionConfig,
             "training": settings.baseline_training or settings.training})
         studies.append(_study(f"{settings.baseline_model.architecture} (baseline)", baseline,
                               execution, use_registry, laws, refs, law_name))
-    mc_configs = {
-        key: DatasetConfig(problem=PROBLEM, initial=laws[key],
-                           n_particles=settings.reference_samples,
-                           chunk_size=settings.chunk_size, t_end=settings.t_end, dt=settings.dt,
-                           seed=settings.mc_seed + k, dtype=settings.dtype)
-        for k, key in enumerate(refs)}
-    mc = mc_qoi(PROBLEM, simulate_test_sets(mc_configs, execution))
+    mc = mc_qoi(PROBLEM, mc_reference_sets(settings, PROBLEM, {k: laws[k] for k in refs},
+                                           settings.reference_samples, settings.mc_seed,
+                                           execution))
 
-    page.add("## Setup\n\n" + (__doc__ or "").split("\n\n", 1)[1].strip() + "\n\n"
-             f"Each surrogate is one pipeline run on the same {settings.n_train:,} training "
-             f"pairs ({settings.dtype}), validated on the paper's law with "
-             f"{settings.validation_samples:,} surrogate samples against two independent MC "
-             f"sets of {settings.validation_samples:,}. Surrogates: "
-             + ", ".join(f"`{s.label}`" for s in studies) + ".")
+    page.add(setup_section(
+        __doc__,
+        f"Each surrogate is one pipeline run on the same {settings.n_train:,} training "
+        f"pairs ({settings.dtype}), validated on the paper's law with "
+        f"{settings.validation_samples:,} surrogate samples against two independent MC "
+        f"sets of {settings.validation_samples:,}. Surrogates: "
+        + ", ".join(f"`{s.label}`" for s in studies) + "."))
     centres = [i * 2 * math.pi / (n - 1) for i in range(n)]
-    marks = [(centres[int(k[1:3])], centres[int(k[-2:])]) for k in refs]
+    marks = [(centres[i], centres[j]) for i, j in map(grid_indices, refs)]
     summary_rows, metrics = [], {}
     for number, study in enumerate(studies):
         tag = "" if number == 0 else "baseline."
         page.add(_marginals_section(study, law_name, settings, page, suffix=tag.rstrip(".")))
-        values = np.array([[study.grid[_key(i, j)]["value"] for j in range(n)]
+        values = np.array([[study.grid[grid_key(i, j)]["value"] for j in range(n)]
                            for i in range(n)])
         heat = plots.plot_heatmap(
             values, centres, centres,
@@ -149,7 +158,7 @@ def _errors(study: _ModelStudy, mc: dict[str, dict[str, float]], refs: list[str]
 def _grid_section(study: _ModelStudy, mc: dict[str, dict[str, float]], refs: list[str],
                   errors: dict[str, Any], met: bool, heat: Path, centres: list[float],
                   settings: AbcSettings, page: ResultPage) -> str:
-    rows = [[k, f"({centres[int(k[1:3])]:.2f}, {centres[int(k[-2:])]:.2f})",
+    rows = [[k, "({:.2f}, {:.2f})".format(*(centres[i] for i in grid_indices(k))),
              f"{mc[k]['value']:.4f} ± {mc[k]['stderr']:.4f}",
              f"{study.refs[k]['value']:.4f} ± {study.refs[k]['stderr']:.4f}",
              f"{e:+.4f}", f"{ge:+.4f}"]

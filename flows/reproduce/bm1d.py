@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from flows.pipeline import pipeline_flow, training_history
-from flows.reproduce.common import pipeline_params
+from flows.reproduce.common import pipeline_params, setup_section
 from flows.reproduce.report import ResultPage, fmt, table
 from flows.reproduce.settings import Bm1dSettings
 from prnf_core import plots
@@ -47,12 +47,13 @@ def run(settings: Bm1dSettings, page: ResultPage, execution: ExecutionConfig,
     goal_met = all(v["kl"] <= settings.kl_goal for v in default["laws"].values())
     law_names = list(laws)
 
-    page.add("## Setup\n\n" + (__doc__ or "").split("\n\n", 1)[1].strip() + "\n\n"
-             f"Each λ is one pipeline run (simulate → train → validate → register; only "
-             f"λ = {settings.default_lambda:g} is registered) on the same training store of "
-             f"{settings.n_train} pairs. KL(p_T ‖ q_T) uses the exact p_T and the density of f, "
-             f"with {settings.kl_n_y} exact draws of X_T and {settings.kl_n_x0} draws of x0 "
-             "(SE = standard error of the mean over the draws).")
+    page.add(setup_section(
+        __doc__,
+        f"Each λ is one pipeline run (simulate → train → validate → register; only "
+        f"λ = {settings.default_lambda:g} is registered) on the same training store of "
+        f"{settings.n_train} pairs. KL(p_T ‖ q_T) uses the exact p_T and the density of f, "
+        f"with {settings.kl_n_y} exact draws of X_T and {settings.kl_n_x0} draws of x0 "
+        "(SE = standard error of the mean over the draws)."))
     kl_rows = []
     for lam, row in rows.items():
         cells = [f"{lam:g}"]

@@ -13,16 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from flows.pipeline import pipeline_flow
-from flows.reproduce.common import pipeline_params
+from flows.reproduce.common import mc_reference_sets, pipeline_params, setup_section
 from flows.reproduce.report import Goal, ResultPage, fmt, goals_table, table, verdict
 from flows.reproduce.settings import RunawaySettings
 from prnf_core import plots
 from prnf_core.cluster import ExecutionConfig
-from prnf_core.dataset import DatasetConfig
 from prnf_core.studies import QoIAgreement, SurrogateQoI, compare_rates, maxwellian_laws
 from prnf_core.validation import RUNAWAY_P_STAR
 from tasks.study import mc_qoi, plot_law_marginals, surrogate_qoi_study
-from tasks.validate import simulate_test_sets
 
 PROBLEM = "runaway2d"
 
@@ -41,12 +39,8 @@ def run(settings: RunawaySettings, page: ResultPage, execution: ExecutionConfig,
                                            validation_laws or None))
     model_dir = result["model_dir"]
 
-    mc_configs = {
-        key: DatasetConfig(problem=PROBLEM, initial=law, n_particles=settings.n_mc,
-                           chunk_size=settings.chunk_size, t_end=settings.t_end, dt=settings.dt,
-                           seed=settings.mc_seed + i, dtype=settings.dtype)
-        for i, (key, law) in enumerate(laws.items())}
-    stores = simulate_test_sets(mc_configs, execution)
+    stores = mc_reference_sets(settings, PROBLEM, laws, settings.n_mc, settings.mc_seed,
+                               execution)
     mc = mc_qoi(PROBLEM, stores)
     sur = surrogate_qoi_study(model_dir, PROBLEM, laws, settings.n_surrogate, seed=11)
 
@@ -69,13 +63,13 @@ def run(settings: RunawaySettings, page: ResultPage, execution: ExecutionConfig,
     resolvable = all(c.resolvable for _, c in comparisons)
 
     validated = ", ".join(f"{t:g}" for t in settings.marginal_temperatures)
-    page.add("## Setup\n\n" + (__doc__ or "").split("\n\n", 1)[1].strip() + "\n\n"
-             f"One pipeline run (simulate {settings.n_train} training pairs in "
-             f"{settings.dtype} → train → validate on T̂0 ∈ {{{validated}}} → register). Then "
-             "for every "
-             f"temperature {settings.n_mc:,} fresh MC particles (seed {settings.mc_seed}+k) and "
-             f"{settings.n_surrogate:,} surrogate samples; rates by counting, binomial standard "
-             "errors.")
+    page.add(setup_section(
+        __doc__,
+        f"One pipeline run (simulate {settings.n_train} training pairs in "
+        f"{settings.dtype} → train → validate on T̂0 ∈ {{{validated}}} → register). Then for every "
+        f"temperature {settings.n_mc:,} fresh MC particles (seed {settings.mc_seed}+k) and "
+        f"{settings.n_surrogate:,} surrogate samples; rates by counting, binomial standard "
+        "errors."))
     page.add("## Runaway production rate, surrogate vs Monte Carlo\n\n"
              + table(["T̂0", "MC rate ± SE", "surrogate rate ± SE", "abs error", "rel error",
                       "goal", "within goal", "bias (combined SEs)",
