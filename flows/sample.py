@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from prnf_core.dataset import ATTR_KEY
 from prnf_core.errors import ConfigError, PrnfError
 from prnf_core.initial import InitialSpec, parse_initial
-from prnf_core.paths import is_url, resolve_path
+from prnf_core.paths import atomic_path, is_url, resolve_path
 
 
 class SampleParams(BaseModel):
@@ -131,31 +129,23 @@ def write_samples(path: str, x0: np.ndarray, xT: np.ndarray, attrs: dict[str, An
     check_output(path, overwrite)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    if target.suffix == ".npy":
-        tmp = target.with_name(f".{target.name}.{token}.tmp.npy")
-        try:
+    with atomic_path(target, unique=True) as tmp:
+        if target.suffix == ".npy":
             np.save(tmp, xT)
-            tmp.replace(target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return
+        else:
+            _write_samples_group(tmp, x0, xT, attrs)
+            if target.exists():
+                check_output(path, overwrite)  # still a samples output, right before it goes
+
+
+def _write_samples_group(path: Path, x0: np.ndarray, xT: np.ndarray,
+                         attrs: dict[str, Any]) -> None:
     import zarr
 
-    tmp = target.with_name(f".{target.name}.{token}.tmp")
-    old = target.with_name(f".{target.name}.{token}.old")
-    try:
-        group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
-        group.create_array("x0", data=x0)
-        group.create_array("xT", data=xT)
-        group.attrs[SAMPLES_ATTR] = attrs
-        if target.exists():  # a directory cannot be renamed onto a non-empty one: two steps
-            check_output(path, overwrite)  # still a samples output, right before it goes
-            target.rename(old)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    group.create_array("x0", data=x0)
+    group.create_array("xT", data=xT)
+    group.attrs[SAMPLES_ATTR] = attrs
 
 
 @flow(name="sample", log_prints=True)

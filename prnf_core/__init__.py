@@ -4,13 +4,7 @@ SDEs and built-in problems, initial distributions, the Euler–Maruyama simulato
 Zarr dataset layout. See ``docs/architecture.md``.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("prnf")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
-
+from prnf_core._version import __version__
 from prnf_core.dataset import Dataset, DatasetConfig, create_dataset, open_dataset
 from prnf_core.errors import (
     ConfigError,

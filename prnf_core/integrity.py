@@ -32,19 +32,35 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import zarr
 
 from prnf_core.errors import StoreLockedError
 
-if TYPE_CHECKING:
-    from prnf_core.dataset import Dataset
-
 DATA_ARRAYS = ("x0", "xT", "snapshots")
 NOT_RECORDED = 0
 LOCK_POLL_SECONDS = 0.2
+
+
+class ChunkLayout(Protocol):
+    @property
+    def n_chunks(self) -> int: ...
+
+    def chunk_bounds(self, index: int) -> tuple[int, int]: ...
+
+
+class ChunkedStore(Protocol):
+    """What verification reads of a store: a :class:`~prnf_core.dataset.Dataset` (declared
+    here, not imported, since the dataset module builds on this one)."""
+
+    group: zarr.Group
+
+    @property
+    def config(self) -> ChunkLayout: ...
+
+    def done_mask(self) -> np.ndarray: ...
 
 
 def checksum_name(name: str) -> str:
@@ -83,7 +99,7 @@ def read_fault(exc: Exception) -> str:
     return f"unreadable ({type(exc).__name__}: {str(exc)[:120]})"
 
 
-def find_corrupt(dataset: Dataset, names: Sequence[str] = DATA_ARRAYS,
+def find_corrupt(dataset: ChunkedStore, names: Sequence[str] = DATA_ARRAYS,
                  loaded: np.ndarray | None = None) -> dict[int, str]:
     """The done chunks of arrays ``names`` that fail verification, with why (chunk -> reason).
 
@@ -109,7 +125,7 @@ def find_corrupt(dataset: Dataset, names: Sequence[str] = DATA_ARRAYS,
     return {index: "; ".join(reasons) for index, reasons in sorted(faults.items())}
 
 
-def audit(dataset: Dataset) -> dict[int, str]:
+def audit(dataset: ChunkedStore) -> dict[int, str]:
     """Verify every done chunk before more are written; returns the corrupt ones.
 
     A store without checksum arrays (written by an older prnf) gets them here: the done chunks

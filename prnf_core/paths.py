@@ -8,12 +8,20 @@ field reads through MLflow (model URIs: ``models:/``, ``runs:/``); every other p
 and a URL there is refused: object stores (``s3://``) are not supported yet, and a local
 filesystem would take ``s3://bucket/x`` for a folder ``./s3:``. The ``prnf`` CLI turns relative
 paths into absolute ones against the working directory first, which is what a shell user means.
+
+Atomic writes: :func:`atomic_path` gives a temporary sibling to write and moves it onto the
+final name only once it is complete, so a reader (or a run killed mid-write) never sees half a
+file.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prnf_core.errors import ConfigError
@@ -68,3 +76,37 @@ def resolve_path(value: str | Path, field: str, allow_urls: bool = False) -> str
             "relative paths must stay inside it (give an absolute path to write elsewhere)"
         )
     return str(resolved)
+
+
+@contextmanager
+def atomic_path(target: str | Path, unique: bool = False) -> Iterator[Path]:
+    """A temporary sibling of ``target`` to write (a file or a directory); when the block
+    succeeds it replaces ``target`` in one rename, when it fails it is removed.
+
+    The temporary name keeps ``target``'s suffix (``np.save`` and Zarr go by it) and is hidden
+    (``.name.tmp.npy``). ``unique`` adds a random token, for targets that concurrent writers
+    may share. A directory replaces an existing directory in two renames (the old one is set
+    aside, then deleted): checks that must run right before, run at the end of the block.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     with atomic_path(Path(folder) / "page.md") as tmp:
+    ...         _ = tmp.write_text("done")
+    ...     sorted(p.name for p in Path(folder).iterdir()), (Path(folder) / "page.md").read_text()
+    (['page.md'], 'done')
+    """
+    target = Path(target)
+    stem = f".{target.name}" + (f".{uuid.uuid4().hex[:8]}" if unique else "")
+    tmp = target.with_name(f"{stem}.tmp{target.suffix}")
+    old = target.with_name(f"{stem}.old")
+    try:
+        yield tmp
+        if tmp.is_dir() and target.is_dir() and not target.is_symlink():
+            target.rename(old)  # a directory cannot be renamed onto a non-empty one
+        tmp.replace(target)
+    finally:
+        for leftover in (tmp, old):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)

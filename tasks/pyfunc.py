@@ -19,7 +19,7 @@ import mlflow
 import numpy as np
 from mlflow.models import infer_signature
 
-from prnf_core import __version__
+from prnf_core._version import __version__
 
 PIP_REQUIREMENTS = [
     f"prnf=={__version__}",

@@ -28,6 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from prnf_core.errors import ConfigError
+from prnf_core.initial import parse_initial
+from prnf_core.paths import atomic_path
+from prnf_core.simulate import default_device
 
 Architecture = Literal["prnf", "nsf"]
 Activation = Literal["tanh", "silu", "softplus", "gelu", "elu"]
@@ -122,6 +125,22 @@ def to_tensor(x: ArrayLike, name: str, dim: int | None, device: torch.device,
     if not torch.isfinite(x).all():
         raise ConfigError(f"{name}: contains NaN or inf")
     return x
+
+
+#: The surrogate class of each ``ModelConfig.architecture``, filled by :func:`architecture`
+#: where each class is defined (the modules of :mod:`prnf_core.models` import them all).
+ARCHITECTURES: dict[str, type[ConditionalSampler]] = {}
+
+
+def architecture(name: str):
+    """Class decorator: register a :class:`ConditionalSampler` subclass as architecture
+    ``name``, the class :func:`build_model` builds for ``ModelConfig(architecture=name)``."""
+
+    def register(cls: type[ConditionalSampler]) -> type[ConditionalSampler]:
+        ARCHITECTURES[name] = cls
+        return cls
+
+    return register
 
 
 class ConditionalSampler(nn.Module):
@@ -264,8 +283,6 @@ class ConditionalSampler(nn.Module):
     def sample_initial(self, spec: Any, n: int, seed: int = 0,
                        cond: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n`` x0 from an initial-distribution spec and push them through: (x0, X_T)."""
-        from prnf_core.initial import parse_initial
-
         spec = parse_initial(spec)
         if spec.dim != self.dim:
             raise ConfigError(f"initial: spec has dimension {spec.dim}, model has {self.dim}")
@@ -282,8 +299,8 @@ class ConditionalSampler(nn.Module):
         r""":math:`\log \frac1K \sum_k q(y \mid x_0^{(k)})` for every row of ``y``: shape ``(n,)``.
 
         Evaluated in blocks of at most ``block`` (y, x0) pairs to bound memory; by default sized
-        so a block's activations and Jacobians stay near 1 GB (~17.5 kB per pair at d=3, width
-        512, measured).
+        so a block's activations and Jacobians stay near 1 GB (the memory per pair is measured
+        in ``benchmarks/README.md``).
         """
         if block is None:
             block = max(4096, 2**26 // (self.config.hidden_width * (self.dim + 1)))
@@ -314,9 +331,8 @@ class ConditionalSampler(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        tmp = directory / "weights.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(directory / "weights.pt")
+        with atomic_path(directory / "weights.pt") as tmp:
+            torch.save(state, tmp)
         meta = {"model": self.config.model_dump(mode="json"), "format": 1, **(extra or {})}
         (directory / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         return directory
@@ -326,10 +342,7 @@ def build_model(config: ModelConfig, seed: int | None = None) -> ConditionalSamp
     """The surrogate for ``config.architecture``; ``seed`` fixes the initial weights."""
     if config.dim is None:
         raise ConfigError("model.dim: the state dimension is required to build a model")
-    if config.architecture == "prnf":
-        from prnf_core.models.prnf import PRNF as model_class
-    else:
-        from prnf_core.models.nsf import NSF as model_class
+    model_class = ARCHITECTURES[config.architecture]
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
@@ -353,7 +366,3 @@ def load_model(directory: str | Path, device: str | torch.device | None = None
 
 def load_metadata(directory: str | Path) -> dict[str, Any]:
     return json.loads((Path(directory) / "config.json").read_text())
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

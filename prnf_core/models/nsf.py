@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 import zuko
 
-from prnf_core.models.base import ConditionalSampler, ModelConfig
+from prnf_core.models.base import ConditionalSampler, ModelConfig, architecture
 
 
+@architecture("nsf")
 class NSF(ConditionalSampler):
     """Conditional coupling neural spline flow (zuko), the exact-inverse baseline."""
 

@@ -37,7 +37,7 @@ import math
 import torch
 from torch import nn
 
-from prnf_core.models.base import ArrayLike, ConditionalSampler, ModelConfig
+from prnf_core.models.base import ArrayLike, ConditionalSampler, ModelConfig, architecture
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -105,6 +105,7 @@ class JacobianMLP(nn.Module):
         return self.linears[-1](h), tangent.transpose(1, 2)
 
 
+@architecture("prnf")
 class PRNF(ConditionalSampler):
     """Pseudo-reversible normalizing flow (see module docstring)."""
 

@@ -1,0 +1,203 @@
+"""What a simulated dataset is: its configuration, its id, and the arrays of each chunk.
+
+Randomness: chunk ``i`` uses ``SeedSequence(seed, spawn_key=(i,))`` (the i-th child of
+``SeedSequence(seed)``) for both its initial states and its noise, so a dataset is bit-identical
+whatever the number of workers or the order chunks run in.
+
+The dataset id hashes everything that fixes the bits (:meth:`DatasetConfig.resolved`): besides
+the configuration, the noise generator (``numpy-sfc64``, ``torch-cpu`` or ``torch-cuda``, a
+function of device and dtype, fixed from the execution device when a run starts) and, for a
+``samples_file`` initial law, the SHA-256 of the file's bytes. A store is resumed only with the
+generator it was started with, never mixing two noise streams.
+
+>>> from prnf_core.dataset_config import DatasetConfig
+>>> cfg = DatasetConfig(problem="bm1d", n_particles=1000, chunk_size=250)
+>>> cfg.n_chunks, len(cfg.dataset_id())
+(4, 16)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from prnf_core.errors import ConfigError
+from prnf_core.initial import InitialSpec, Uniform, parse_initial
+from prnf_core.problems import get_problem
+from prnf_core.sde import SDE
+from prnf_core.simulate import (
+    DType,
+    NoiseGenerator,
+    generator_device,
+    noise_generator,
+    save_steps,
+    simulate,
+    step_count,
+)
+
+
+class DatasetConfig(BaseModel):
+    """Everything that determines a dataset's content; its hash is the dataset id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    problem: str = Field(description="Registered problem name (see `prnf problems`).")
+    problem_params: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the problem's parameters."
+    )
+    initial: InitialSpec | None = Field(
+        None, description="Initial distribution of x0; default: uniform on the training domain."
+    )
+    n_particles: int = Field(gt=0, description="Number of trajectories (rows).")
+    chunk_size: int = Field(100_000, gt=0, description="Particles per chunk (unit of parallelism).")
+    t_end: float | None = Field(None, gt=0, description="Horizon T; default: the problem's.")
+    dt: float | None = Field(None, gt=0, description="Euler–Maruyama step; default: the problem's.")
+    seed: int = Field(0, ge=0, description="Root seed; chunk i uses SeedSequence(seed, (i,)).")
+    save_times: list[float] | None = Field(
+        None, description="Times in [0, T] (on the dt grid) at which to keep snapshots."
+    )
+    dtype: DType = Field("float64", description="Simulation and storage precision.")
+    noise_generator: NoiseGenerator | None = Field(
+        None, description="Normal generator: numpy-sfc64 (CPU, float64), torch-cpu (CPU, "
+                          "float32) or torch-cuda (GPU). Part of the id, since the same seed "
+                          "gives other bits on another generator. Default: the one of the "
+                          "execution device, fixed when the run starts.",
+    )
+
+    @field_validator("initial", mode="before")
+    @classmethod
+    def _parse_initial(cls, value: Any) -> Any:
+        return None if value is None else parse_initial(value)
+
+    @model_validator(mode="after")
+    def _check_against_problem(self) -> DatasetConfig:
+        sde = self.sde()
+        if self.initial is not None and self.initial.dim != sde.dim:
+            raise ValueError(
+                f"initial: spec has dimension {self.initial.dim} but problem {self.problem!r} "
+                f"has dimension {sde.dim}"
+            )
+        step_count(self.horizon, self.step)
+        save_steps(self.save_times, self.horizon, self.step)
+        gen = self.noise_generator
+        right = None if gen is None else noise_generator(generator_device(gen), self.dtype)
+        if gen != right:
+            raise ValueError(
+                f"noise_generator: {gen!r} is not the generator of {self.dtype} on "
+                f"{generator_device(gen)} ({right!r} is); set it to {right!r} or leave it unset"
+            )
+        return self
+
+    def generator(self) -> NoiseGenerator:
+        """The noise generator: the configured one, else the default device's (CUDA if any)."""
+        return self.noise_generator or noise_generator(None, self.dtype)
+
+    def on_device(self, device: str | None) -> DatasetConfig:
+        """This config with its noise generator fixed for a run on ``device``.
+
+        What every run calls first, so that the id it computes, the store it opens and the
+        chunks it simulates agree on the generator. ``device=None`` keeps a configured
+        generator (the run then simulates on its device) and otherwise takes the default
+        device's.
+
+        Raises:
+            ConfigError: the config names another generator than ``device`` uses.
+        """
+        if device is None and self.noise_generator is not None:
+            return self
+        gen = noise_generator(device, self.dtype)
+        if self.noise_generator is None:
+            return self.model_copy(update={"noise_generator": gen})
+        if gen != self.noise_generator:
+            raise ConfigError(
+                f"noise_generator: the dataset uses {self.noise_generator!r} but device "
+                f"{device!r} ({self.dtype}) uses {gen!r}; run it on "
+                f"{generator_device(self.noise_generator)} (execution.device) or leave "
+                "noise_generator unset"
+            )
+        return self
+
+    def sde(self) -> SDE:
+        return get_problem(self.problem, **self.problem_params)
+
+    @property
+    def horizon(self) -> float:
+        return self.t_end if self.t_end is not None else self.sde().t_end
+
+    @property
+    def step(self) -> float:
+        return self.dt if self.dt is not None else self.sde().dt
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.n_particles / self.chunk_size)
+
+    def initial_spec(self) -> InitialSpec:
+        if self.initial is not None:
+            return self.initial
+        low, high = self.sde().domain
+        return Uniform(low=list(low), high=list(high))
+
+    def chunk_bounds(self, index: int) -> tuple[int, int]:
+        start = index * self.chunk_size
+        return start, min(start + self.chunk_size, self.n_particles)
+
+    def resolved(self) -> dict[str, Any]:
+        """The config with every default filled in (problem parameters too): what is hashed.
+
+        Holds what fixes the bits and nothing else: the noise generator (:meth:`generator`)
+        and the initial law's identity (a samples file's content hash, not its path).
+        """
+        sde = self.sde()
+        return {
+            "problem": self.problem,
+            "problem_params": sde.describe()["params"],
+            "initial": self.initial_spec().identity(),
+            "n_particles": self.n_particles,
+            "chunk_size": self.chunk_size,
+            "t_end": float(self.horizon),
+            "dt": float(self.step),
+            "seed": self.seed,
+            "save_times": self.save_times,
+            "dtype": self.dtype,
+            "noise_generator": self.generator(),
+        }
+
+    def dataset_id(self) -> str:
+        canonical = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def chunk_seed(seed: int, index: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence(seed, spawn_key=(index,))
+
+
+def simulate_chunk_arrays(
+    config: DatasetConfig, index: int, device: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """x0, xT and snapshots of chunk ``index``: a pure function of (config, index).
+
+    Runs on ``device`` (default: the device of the config's noise generator, see
+    :meth:`DatasetConfig.on_device`); a device with another generator is refused.
+    """
+    config = config.on_device(device)
+    device = device or generator_device(config.generator())
+    start, stop = config.chunk_bounds(index)
+    x0_seq, noise_seq = chunk_seed(config.seed, index).spawn(2)
+    x0 = config.initial_spec().sample(stop - start, np.random.default_rng(x0_seq))
+    dtype = np.float64 if config.dtype == "float64" else np.float32
+    x0 = np.ascontiguousarray(x0, dtype=dtype)
+    sde = config.sde()
+    try:
+        result = simulate(sde, x0, config.horizon, config.step, seed=noise_seq,
+                          save_times=config.save_times, dtype=config.dtype, device=device)
+    except Exception as exc:
+        if hasattr(exc, "in_chunk"):
+            raise exc.in_chunk(index) from None
+        raise
+    return x0, result.xT, result.snapshots
