@@ -7,11 +7,9 @@ weights are restored at the end. A NaN/inf loss stops training with
 :class:`TrainingDivergedError`; the last good checkpoint on disk is kept, and ``fit(...,
 resume=True)`` continues from it.
 
-A checkpoint records the :func:`training_fingerprint` of the run that wrote it (data, model and
-the training settings that shape the weights). Resuming under other settings would put one
-run's weights under another run's metadata, so it is refused with
-:class:`CheckpointMismatchError` naming the fields that differ; ``restart=True`` discards the
-checkpoint instead.
+A checkpoint records the fingerprint of the run that wrote it and is resumed only under the
+same settings (:mod:`prnf_core.checkpoints`); the settings are a :class:`TrainConfig`
+(:mod:`prnf_core.train_config`). Both modules' public names are re-exported here.
 
 Metrics reach the outside world through callbacks ``callback(kind, index, metrics)`` with
 ``kind`` in ``{"step", "epoch"}``, so the MLflow layer can log them without ``prnf_core``
@@ -32,132 +30,44 @@ x_0)`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from prnf_core.checkpoints import (
+    COSMETIC_TRAINING_FIELDS,
+    STOPPING_FIELDS,
+    CheckpointMismatchError,
+    check_fingerprint,
+    data_id,
+    load_checkpoint,
+    save_checkpoint,
+    training_fingerprint,
+    training_pairs,
+)
+from prnf_core.dataset import open_dataset
 from prnf_core.errors import ConfigError, PrnfError
-from prnf_core.models.base import ConditionalSampler, ModelConfig, fill_from_preset, to_tensor
+from prnf_core.models.base import ConditionalSampler, to_tensor
+from prnf_core.train_config import TRAIN_PRESETS, TrainConfig
+
+__all__ = [  # the names of checkpoints and train_config are re-exported
+    "COSMETIC_TRAINING_FIELDS", "STOPPING_FIELDS", "TRAIN_PRESETS", "Callback",
+    "CheckpointMismatchError", "FitResult", "TrainConfig", "TrainingDivergedError",
+    "WeightAverage", "check_fingerprint", "data_id", "evaluate", "fit", "load_checkpoint",
+    "lr_factor", "split_indices", "training_fingerprint", "training_pairs",
+]
 
 Callback = Callable[[str, int, dict[str, float]], None]
 
 
 class TrainingDivergedError(PrnfError, FloatingPointError):
     """The loss became NaN/inf; the last good checkpoint (if any) is kept."""
-
-
-class CheckpointMismatchError(ConfigError):
-    """A checkpoint (or saved model) was written for other data, model or training settings."""
-
-
-#: Values each preset gives to the fields the user did not set. Explicit values always win:
-#: ``TrainConfig(preset="paper", epochs=5)`` trains 5 epochs, not the preset's iterations.
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"iterations": 30_000, "batch_size": 5000, "lr": 1e-3, "lam": 100.0,
-              "lr_schedule": "step", "lr_milestones": [3000], "lr_decay": 0.5},
-}
-
-
-class TrainConfig(BaseModel):
-    """Optimization settings. ``preset="paper"`` = the paper's 3-D example (a GPU-sized run)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int | None = Field(
-        30, ge=1, description="Passes over the training split. Given explicitly with a preset "
-                              "that sets iterations, epochs win and the preset's iterations "
-                              "are not applied.",
-    )
-    iterations: int | None = Field(
-        None, ge=1, description="Gradient steps instead of epochs (overrides epochs)."
-    )
-    batch_size: int = Field(512, ge=1, description="Pairs per gradient step.")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    lr_schedule: Literal["constant", "step", "cosine"] = Field(
-        "cosine", description="constant; step (x lr_decay at lr_milestones); cosine annealing."
-    )
-    lr_milestones: list[int] = Field(
-        default_factory=list, description="Steps at which 'step' multiplies the lr by lr_decay."
-    )
-    lr_decay: float = Field(0.5, gt=0, le=1, description="Factor of the 'step' schedule.")
-    warmup_steps: int = Field(
-        0, ge=0, description="Linear learning-rate warm-up over the first steps (0: none), "
-                             "multiplying the schedule."
-    )
-    ema_decay: float | None = Field(
-        None, gt=0, lt=1,
-        description="Exponential moving average of the weights, updated every step with this "
-                    "decay (e.g. 0.999) and used for validation, early stopping and the saved "
-                    "model; None: the raw weights.",
-    )
-    lam: float = Field(100.0, ge=0, description="Reversibility weight λ (prnf).")
-    val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of pairs held out.")
-    split_seed: int = Field(0, ge=0, description="Seed of the train/validation split.")
-    seed: int = Field(0, ge=0, description="Seed of initialization and shuffling.")
-    patience: int | None = Field(
-        None, ge=1, description="Early stopping: epochs without validation improvement."
-    )
-    grad_clip: float | None = Field(10.0, gt=0, description="Max gradient norm (None: off).")
-    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
-    log_every: int = Field(50, ge=1, description="Steps between 'step' callbacks.")
-    progress: bool = Field(True, description="Show a progress bar.")
-    threads: int | None = Field(
-        1, ge=1,
-        description="Torch CPU threads while training (None: torch's default). One thread is "
-                    "fastest for CPU-sized models: measured 6 ms vs 74 ms per step with 2 "
-                    "threads on a busy 2-core machine.",
-    )
-    torch_compile: bool = Field(
-        False,
-        description="Compile the training loss with torch.compile (any batch size, one "
-                    "compile). Measured on one CPU thread at d=3, width 256, batch 512: "
-                    "1.2x faster steps in float32 and float64 (1.1x at width 512, batch "
-                    "5000), after a one-off compile of about 25 CPU s (2 s when the on-disk "
-                    "cache of an earlier run with the same shapes applies): worth it for long "
-                    "or repeated runs. Needs a C++ compiler on CPU.",
-    )
-    preset: Literal["paper"] | None = Field(
-        None, description="'paper': 30,000 iterations, batch 5000, lr 1e-3 -> 5e-4 at 3000, "
-                          "λ=100. Fills only the fields not given explicitly: an explicit "
-                          "field (or explicit epochs, instead of the preset's iterations) wins, "
-                          "in the CLI, YAML and the Prefect form alike.",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_preset(cls, data: Any) -> Any:
-        return fill_from_preset(data, _preset_values)
-
-    @model_validator(mode="after")
-    def _has_length(self) -> TrainConfig:
-        if self.epochs is None and self.iterations is None:
-            raise ValueError("epochs: give epochs or iterations (both are None)")
-        return self
-
-    @classmethod
-    def preset_fields(cls, preset: str | None) -> set[str]:
-        """The fields a preset decides when they are not given: with ``iterations`` comes
-        ``epochs`` (a default epochs count set alongside would cancel the preset's length)."""
-        fields = set(TRAIN_PRESETS.get(preset or "", {}))
-        return fields | {"epochs"} if "iterations" in fields else fields
-
-
-def _preset_values(preset: str, given: dict[str, Any]) -> dict[str, Any]:
-    """What ``preset`` contributes to an input that sets the keys in ``given``: only absent
-    keys, and no ``iterations`` when ``epochs`` is given (explicit epochs win)."""
-    values = dict(TRAIN_PRESETS.get(preset, {}))
-    if given.get("epochs") is not None:
-        values.pop("iterations", None)
-    return {k: v for k, v in values.items() if k not in given}
 
 
 @dataclass
@@ -177,112 +87,6 @@ class FitResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "history"}
-
-
-def training_pairs(data: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(x0, xT) from a dataset, a store path, or an ``(x0, xT)`` tuple of arrays."""
-    from prnf_core.dataset import Dataset, open_dataset
-
-    if isinstance(data, str | Path):
-        data = open_dataset(data)
-    if isinstance(data, Dataset):
-        return data.pairs()
-    if isinstance(data, tuple | list) and len(data) == 2:
-        return np.asarray(data[0]), np.asarray(data[1])
-    raise ConfigError(f"data: expected a Dataset, a store path or (x0, xT); got {type(data)}")
-
-
-#: TrainConfig fields that never change the weights (beyond rounding): display, logging, CPU
-#: threads, torch.compile, and the preset's name (the values it gave are in the other fields).
-COSMETIC_TRAINING_FIELDS = frozenset({"progress", "log_every", "threads", "preset",
-                                      "torch_compile"})
-#: Fields that only say where training stops. They enter the fingerprint only where they also
-#: shape the steps before (the cosine schedule's horizon), so that a finished run with a
-#: constant or step schedule can be continued for more epochs, bit-identical to a longer run.
-STOPPING_FIELDS = frozenset({"epochs", "iterations", "patience"})
-
-
-def data_id(data: Any, pairs: tuple[np.ndarray, np.ndarray] | None = None) -> str:
-    """The identity of training data: a store's dataset id, else a hash of the arrays' bytes
-    (with shapes and dtypes), so a checkpoint can tell whether it was trained on the same data."""
-    from prnf_core.dataset import Dataset, open_dataset
-
-    if isinstance(data, str | Path):
-        data = open_dataset(data)
-    if isinstance(data, Dataset):
-        return data.dataset_id
-    digest = hashlib.sha256()
-    for array in pairs if pairs is not None else training_pairs(data):
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape};".encode())
-        digest.update(array.tobytes())
-    return "sha256:" + digest.hexdigest()[:16]
-
-
-def training_fingerprint(data: str, model: ModelConfig, training: TrainConfig
-                         ) -> tuple[dict[str, Any], str]:
-    """The settings that determine a run's weights, as flat ``{"field": value}`` and a hash.
-
-    Args:
-        data: The data's identity (:func:`data_id`: a dataset id or an array hash).
-        model: The resolved :class:`~prnf_core.models.ModelConfig` (``dim`` set); every field
-            but ``preset`` shapes the network.
-        training: The :class:`TrainConfig`; :data:`COSMETIC_TRAINING_FIELDS` are left out, and
-            :data:`STOPPING_FIELDS` unless the cosine schedule makes the horizon matter.
-    """
-    fields: dict[str, Any] = {"data.id": data}
-    fields.update({f"model.{k}": v for k, v in
-                   model.model_dump(mode="json", exclude={"preset"}).items()})
-    trained = training.model_dump(mode="json",
-                                  exclude=set(COSMETIC_TRAINING_FIELDS | STOPPING_FIELDS))
-    if training.lr_schedule == "cosine":  # T_max = total steps: the lr of every step
-        length = "iterations" if training.iterations is not None else "epochs"
-        trained[length] = getattr(training, length)
-    fields.update({f"training.{k}": v for k, v in trained.items()})
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-    return fields, digest
-
-
-def check_fingerprint(recorded: Any, fields: dict[str, Any], field: str, source: str) -> None:
-    """Refuse to continue from ``source`` unless it was written for ``fields``.
-
-    Raises:
-        CheckpointMismatchError: naming every field that differs, or saying that ``source``
-            records no fingerprint (written before fingerprints existed).
-    """
-    advice = "pass --restart (restart=True) to discard it and train from scratch"
-    old = recorded.get("fields") if isinstance(recorded, dict) else None
-    if not isinstance(old, dict):
-        raise CheckpointMismatchError(
-            f"{field}: {source} records no training fingerprint (written by an older prnf), so "
-            f"it cannot be checked against these settings; {advice}")
-    differ = sorted(k for k in old.keys() | fields.keys() if old.get(k) != fields.get(k))
-    if differ:
-        was = ", ".join(f"{k}={old.get(k)!r}" for k in differ)
-        now = ", ".join(f"{k}={fields.get(k)!r}" for k in differ)
-        raise CheckpointMismatchError(
-            f"{field}: {source} was written for {was}; not for {now}; {advice}")
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str) -> dict[str, Any]:
-    """Load ``checkpoint.pt`` on the CPU and place each part where resuming needs it.
-
-    Loading with ``map_location=<model device>`` would also move the shuffling generator's
-    state, and ``torch.Generator.set_state`` of the CPU generator accepts only a CPU
-    ``ByteTensor``: a CUDA run could not resume. So everything is read on the CPU; the current
-    and best weights then go to ``device``, the generator state stays on the CPU, and the
-    optimizer state is left to ``Optimizer.load_state_dict``, which casts it to each
-    parameter's device. Tested on the CPU with the "meta" device standing in for a GPU; not
-    run on a GPU here.
-    """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-
-    def to_device(weights: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-        return None if weights is None else {k: v.to(device) for k, v in weights.items()}
-
-    return {**state, "model": to_device(state["model"]),
-            "best_model": to_device(state.get("best_model")),
-            "generator": state["generator"].cpu()}
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -390,8 +194,6 @@ def fit(
 
 def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: list[Callback],
          checkpoint_dir: str | Path | None, resume: bool, restart: bool) -> FitResult:
-    from prnf_core.dataset import open_dataset
-
     if isinstance(data, str | Path):
         data = open_dataset(data)
     if model.config.cond_dim:
@@ -550,9 +352,7 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
 def _save_checkpoint(path: Path, model, optimizer, scheduler, gen, epoch: int,
                      result: FitResult, best_state, fingerprint: tuple[dict[str, Any], str],
                      average: WeightAverage | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({
+    save_checkpoint(path, {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "generator": gen.get_state(), "epoch": epoch,
         "steps": result.steps, "best_val_nll": result.best_val_nll,
@@ -560,8 +360,7 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, gen, epoch: int,
         "history": result.history,
         "weight_average": None if average is None else average.state_dict(),
         "training_fingerprint": {"fields": fingerprint[0], "hash": fingerprint[1]},
-    }, tmp)
-    tmp.replace(path)  # atomic: a kill mid-write never leaves a truncated checkpoint
+    })
 
 
 def _progress(enabled: bool, epochs: int, start: int):
