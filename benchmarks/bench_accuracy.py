@@ -43,10 +43,10 @@ import torch
 from prnf_core.dataset import DatasetConfig, open_dataset
 from prnf_core.initial import parse_initial
 from prnf_core.models import ModelConfig, build_model
-from prnf_core.problems import default_test_laws, get_problem
+from prnf_core.problems import default_test_laws, get_problem, problem_qoi
 from prnf_core.runner import run_dataset
 from prnf_core.train import TrainConfig, fit
-from prnf_core.validation import QOIS, noise_floor_ratio
+from prnf_core.validation import noise_floor_ratio
 
 OUT = Path(__file__).resolve().parent / "out"
 VARIANT = re.compile(r"^(prnf|nsf)(-periodic)?(-residual)?(?:-w(\d+))?(?:-l(\d+))?$")
@@ -141,7 +141,7 @@ def run_variant(name: str, problem: str, train_path: str, references: References
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            laws = scores(model, references, QOIS.get(problem), seed=epoch)
+            laws = scores(model, references, problem_qoi(problem), seed=epoch)
         model.train(was_training)
         excluded += time.process_time() - t0
         curve.append({"epoch": epoch + 1, "cpu_s": cpu,

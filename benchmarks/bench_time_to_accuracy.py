@@ -6,7 +6,7 @@ Run ``python benchmarks/bench_time_to_accuracy.py [--quick] [--device cpu|cuda] 
 Same data for every method: 20,000 pairs of ``get_problem("ou", dim=2)``, x0 uniform on its
 training box [-2, 2]^2 (seed 0), one Euler–Maruyama trajectory each with
 ``prnf_core.simulate.simulate`` (seed 1, float64, dt = 0.01, T = 1). Accuracy: the exact
-``prnf_core.metrics.exact_kl(sde, model, N(mean [0.3, 0.3], std [0.4, 0.4]), n_y=2000,
+``prnf_core.validation.exact_kl(sde, model, N(mean [0.3, 0.3], std [0.4, 0.4]), n_y=2000,
 n_x0=2000)`` (the Euler bias of the data, dt = 0.01, is ~1e-5 in KL: negligible).
 
 Methods, trained with the same number of torch threads (``--threads``, default 1):
@@ -50,12 +50,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from prnf_core.metrics import exact_kl
 from prnf_core.models import ConditionalSampler, ModelConfig, build_model
 from prnf_core.problems import get_problem
 from prnf_core.sde import SDE
 from prnf_core.simulate import simulate
 from prnf_core.train import TrainConfig, fit
+from prnf_core.validation import exact_kl
 
 TARGET_KL = 0.01
 INITIAL = {"kind": "gaussian", "mean": [0.3, 0.3], "std": [0.4, 0.4]}

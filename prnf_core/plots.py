@@ -27,18 +27,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy.ndimage import gaussian_filter
 
+from prnf_core.validation.arrays import as_2d
+
 SUR_COLOR = "tab:orange"
 MC_COLOR = "tab:blue"
 DPI = 110
-
-
-def _as_2d(x: np.ndarray | Sequence, name: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=float)
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2 or len(arr) == 0:
-        raise ValueError(f"{name}: need a non-empty (n, d) array, got shape {arr.shape}")
-    return arr[np.isfinite(arr).all(axis=1)]
 
 
 def _names(names: Sequence[str] | None, d: int) -> list[str]:
@@ -50,7 +43,7 @@ def _names(names: Sequence[str] | None, d: int) -> list[str]:
 
 
 def _pair(sur: np.ndarray | Sequence, mc: np.ndarray | Sequence) -> tuple[np.ndarray, np.ndarray]:
-    s, m = _as_2d(sur, "sur"), _as_2d(mc, "mc")
+    s, m = as_2d(sur, "sur", nonfinite="drop"), as_2d(mc, "mc", nonfinite="drop")
     if s.shape[1] != m.shape[1]:
         raise ValueError(f"sur and mc need the same dimension, got {s.shape[1]} and {m.shape[1]}")
     if len(s) == 0 or len(m) == 0:

@@ -48,6 +48,8 @@ BOUNDARY_KINDS: tuple[str, ...] = ("reflect", "clamp", "periodic")
 
 Coefficient = Callable[[torch.Tensor, float, Mapping[str, Any]], torch.Tensor]
 GaussianTransition = Callable[[np.ndarray, float, Mapping[str, Any]], tuple[np.ndarray, np.ndarray]]
+QoIFunction = Callable[[np.ndarray], dict[str, Any]]
+"""A quantity of interest: ``f(samples (n, d) float array) -> {"name", "value", "stderr"}``."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,10 @@ class SDE:
             P_i`: domain knowledge a surrogate may use (``ModelConfig.x0_period="problem"``).
             True for a drift and diffusion that are :math:`P`-periodic in the state and no
             boundary, e.g. the ABC flow (period 2π in every coordinate).
+        qois: Quantities of interest the problem names, ``name -> f(samples)`` returning
+            ``{"name", "value", "stderr"}`` (:data:`QoIFunction`; e.g. built with
+            :func:`prnf_core.validation.binomial_qoi`). Validation compares the first one
+            (:attr:`primary_qoi`) on surrogate and MC samples.
     """
 
     name: str
@@ -157,6 +163,7 @@ class SDE:
                                   tuple[torch.Tensor, torch.Tensor]] | None = None
     description: str = ""
     x0_period: Sequence[float | None] | None = None
+    qois: Mapping[str, QoIFunction] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim < 1:
@@ -201,6 +208,11 @@ class SDE:
                 raise ValueError(f"SDE.x0_period needs one period > 0 (or None) per coordinate: "
                                  f"{self.dim}, got {self.x0_period!r}")
             object.__setattr__(self, "x0_period", period)
+        if not (isinstance(self.qois, Mapping)
+                and all(isinstance(k, str) and callable(f) for k, f in self.qois.items())):
+            raise ValueError(f"SDE.qois must map names to functions of the samples, "
+                             f"got {self.qois!r}")
+        object.__setattr__(self, "qois", dict(self.qois))
 
     # -- properties declared for solvers and for later layers -------------------------------
     @property
@@ -210,6 +222,11 @@ class SDE:
     @property
     def has_exact_transition(self) -> bool:
         return self.gaussian_transition is not None
+
+    @property
+    def primary_qoi(self) -> QoIFunction | None:
+        """The first declared quantity of interest (the one validation reports), or ``None``."""
+        return next(iter(self.qois.values()), None)
 
     def coefficients(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Drift and diffusion at ``(x, t)``, fused when the problem provides it."""

@@ -4,7 +4,7 @@ r"""The verdict on a surrogate: one gate rule, noise-aware promotion, configurat
 Monte Carlo: for every test law, the sliced-Wasserstein ratio of its samples to the MC noise
 floor (:func:`prnf_core.validation.noise_floor_ratio`) is at most ``max_sw_ratio``; *and*, where
 the problem has an exact transition density, the exact :math:`\mathrm{KL}(p_T\,\|\,q_T)` of its
-density (:func:`prnf_core.metrics.exact_kl`, at the horizon it was trained for) is at most
+density (:func:`prnf_core.validation.exact_kl`, at the horizon it was trained for) is at most
 ``max_kl`` for every law. A pseudo-reversible flow samples with ``g`` and evaluates densities with
 ``f``; checking only the density would pass a λ = 0 model whose ``g`` was never trained.
 

@@ -15,11 +15,19 @@ from prefect.logging import get_run_logger
 from prnf_core import plots
 from prnf_core.dataset import open_dataset
 from prnf_core.initial import parse_initial
-from prnf_core.metrics import exact_kl, exact_sample_check, sample_exact
 from prnf_core.models import load_model
-from prnf_core.problems import get_problem
+from prnf_core.problems import get_problem, problem_qoi
+from prnf_core.sde import QoIFunction
 from prnf_core.studies import surrogate_qoi
-from prnf_core.validation import QOIS, torch_threads
+from prnf_core.validation import exact_kl, exact_sample_check, sample_exact, torch_threads
+
+
+def _qoi(problem: str) -> QoIFunction:
+    """The QoI the problem declares (``SDE.primary_qoi``); a problem without one has no study."""
+    qoi = problem_qoi(problem)
+    if qoi is None:
+        raise ValueError(f"problem {problem!r} declares no quantity of interest (SDE.qois)")
+    return qoi
 
 
 @task(name="exact-study")
@@ -57,12 +65,12 @@ def exact_study(model_dir: str, problem: str, problem_params: dict[str, Any],
 @task(name="surrogate-qoi-study")
 def surrogate_qoi_study(model_dir: str, problem: str, laws: dict[str, Any], n_samples: int,
                         seed: int) -> dict[str, dict[str, float]]:
-    """The problem's QoI (``validation.QOIS``) for every law from ``n_samples`` samples each."""
+    """The problem's declared QoI (``SDE.qois``) for every law from ``n_samples`` samples each."""
     model = load_model(model_dir)
     model.eval()
     with torch_threads(1):
         result = surrogate_qoi(model, {k: parse_initial(v) for k, v in laws.items()},
-                               QOIS[problem], n_samples, seed)
+                               _qoi(problem), n_samples, seed)
     return {k: {"value": r.value, "stderr": r.stderr, "n": r.n, "seconds": r.seconds}
             for k, r in result.items()}
 
@@ -74,7 +82,7 @@ def mc_qoi(problem: str, stores: dict[str, str]) -> dict[str, dict[str, float]]:
     out = {}
     for law, path in stores.items():
         dataset = open_dataset(path)
-        q = QOIS[problem](dataset.load("xT"))
+        q = _qoi(problem)(dataset.load("xT"))
         out[law] = {"value": q["value"], "stderr": q["stderr"], "n": dataset.n_particles,
                     "seconds": dataset.simulation_seconds()}
     return out

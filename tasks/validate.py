@@ -20,13 +20,13 @@ from prefect.logging import get_run_logger
 from prnf_core.cluster import ExecutionConfig, dask_client
 from prnf_core.dataset import DatasetConfig, open_dataset
 from prnf_core.initial import InitialSpec, Maxwellian, parse_initial
-from prnf_core.metrics import exact_kl
 from prnf_core.paths import default_dataset_path
 from prnf_core.problems import get_problem
 from prnf_core.runner import run_dataset
 from prnf_core.validation import (
     ValidationReport,
     cost_summary,
+    exact_kl,
     metric_key,
     torch_threads,
     validate_samples,

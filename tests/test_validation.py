@@ -17,19 +17,24 @@ import pytest
 from scipy import integrate, stats
 from scipy.spatial.distance import cdist
 
+from prnf_core import problems
+from prnf_core.problems import get_problem, problem_qoi
+from prnf_core.problems.abc3d import ABC_BOX, abc_region_probability
+from prnf_core.problems.runaway2d import RUNAWAY_P_STAR, runaway_rate
+from prnf_core.sde import SDE
 from prnf_core.validation import (
-    ABC_BOX,
-    QOIS,
     ValidationReport,
+    as_2d,
+    binomial_qoi,
     break_even,
     classifier_two_sample_test,
     cost_summary,
     energy_distance,
+    exceedance_probability,
     metric_key,
     moment_quantile_errors,
     noise_floor_ratio,
     region_probability,
-    runaway_rate,
     sliced_wasserstein,
     validate_samples,
 )
@@ -307,7 +312,7 @@ def test_region_probability_exact_counts():
         [1.0, 0.0, 1.0],
         [3.0, 0.0, 9.0],          # inside
     ])
-    q = region_probability(x)
+    q = abc_region_probability(x)
     assert q["name"] == "region_probability"
     assert q["value"] == 5 / 10 and q["stderr"] == pytest.approx(math.sqrt(0.25 / 10))
     assert region_probability(x, box=((0, 2.5),), coords=(0,))["value"] == 6 / 10
@@ -315,12 +320,52 @@ def test_region_probability_exact_counts():
         region_probability(x, box=ABC_BOX, coords=(0,))
 
 
-def test_qoi_registry():
-    assert set(QOIS) == {"runaway2d", "abc3d"}
+def test_problems_declare_their_qois():
+    assert {n: list(get_problem(n).qois) for n in ("abc3d", "bm1d", "ou", "runaway2d")} == {
+        "abc3d": ["region_probability"], "bm1d": [], "ou": [], "runaway2d": ["runaway_rate"]}
+    assert RUNAWAY_P_STAR == 1.75
     x = np.array([[1.0, 0.0, 7.0], [2.0, 0.0, 0.0]])
-    assert QOIS["abc3d"](x)["value"] == 0.5
-    assert QOIS["runaway2d"](x)["value"] == 0.5
-    assert all(set(f(x)) == {"name", "value", "stderr"} for f in QOIS.values())
+    assert problem_qoi("abc3d")(x)["value"] == 0.5
+    assert problem_qoi("runaway2d")(x)["value"] == 0.5
+    assert problem_qoi("ou") is None and problem_qoi("no-such") is None
+    assert problem_qoi(None) is None
+    assert get_problem("runaway2d", p_min=0.1).primary_qoi is runaway_rate
+
+
+def test_user_sde_declares_a_qoi_that_validation_reports(monkeypatch):
+    def tail(samples):
+        return binomial_qoi("tail", samples[:, 0] > 1.0)
+
+    def make(*, scale: float = 1.0) -> SDE:
+        return SDE(name="user_qoi", dim=1, drift=lambda x, t, p: -x,
+                   diffusion=lambda x, t, p: p["scale"] * x.new_ones(x.shape),
+                   params={"scale": scale},
+                   domain=([-2.0], [2.0]), qois={"tail": tail})
+
+    monkeypatch.setitem(problems._REGISTRY, "user_qoi", make)  # registered for this test only
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 1))
+    r = validate_samples("user_qoi", x, x[::-1].copy(), x + 0.1, c2st=False)
+    assert r.qoi is not None and r.qoi.name == "tail"
+    assert r.qoi.sur == float((x[:, 0] > 1.0).mean())
+    assert validate_samples("user_qoi", x, x, x, c2st=False, qoi=lambda s: binomial_qoi(
+        "neg", s[:, 0] < 0)).qoi.name == "neg"
+    with pytest.raises(ValueError, match="qois"):
+        SDE(name="bad", dim=1, drift=lambda x, t, p: x, diffusion=lambda x, t, p: x,
+            domain=([0.0], [1.0]), qois={"tail": 0.5})
+
+
+def test_generic_qoi_helpers_and_array_checker():
+    assert binomial_qoi("h", np.array([True, True, False, False])) == {
+        "name": "h", "value": 0.5, "stderr": 0.25}
+    assert exceedance_probability([[0.0], [2.0], [3.0], [1.0]], 1.0, name="above") == {
+        "name": "above", "value": 0.5, "stderr": 0.25}
+    assert as_2d([[1.0, np.inf], [0.0, 1.0]], "x", nonfinite="keep").shape == (2, 2)
+    assert as_2d([[1.0, np.inf], [0.0, 1.0]], "x", nonfinite="drop").tolist() == [[0.0, 1.0]]
+    with pytest.raises(ValueError, match="x: contains NaN"):
+        as_2d([[1.0, np.nan]], "x")
+    with pytest.raises(ValueError, match="non-empty"):
+        as_2d(np.zeros((0, 2)), "x", nonfinite="drop")
 
 
 # -- cost -------------------------------------------------------------------------------------

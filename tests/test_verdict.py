@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from prnf_core.cluster import ExecutionConfig
-from prnf_core.metrics import exact_kl
 from prnf_core.models import ModelConfig, load_model
 from prnf_core.problems import get_problem
 from prnf_core.train import TrainConfig
-from prnf_core.validation import noise_floor_ratio
+from prnf_core.validation import exact_kl, noise_floor_ratio
 from prnf_core.verdict import Estimate, Fingerprint, LawScore, compare, judge
 
 # -- the gate rule ------------------------------------------------------------------------------
@@ -176,8 +175,7 @@ def test_lambda_zero_prnf_is_refused_although_its_density_is_good(bm1d_models, v
     with the sampling seed.)"""
     from prnf_core.dataset import open_dataset
     from prnf_core.initial import parse_initial
-    from prnf_core.metrics import sample_exact
-    from prnf_core.validation import validate_samples
+    from prnf_core.validation import sample_exact, validate_samples
 
     _, test_sets, _ = bm1d_models
     for i, (law, path) in enumerate(test_sets.items()):  # control: exact draws pass here

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prnf_core.validation import fmt as fmt  # the one number formatter, for the pages
+
 
 def machine_description() -> str:
     """CPU model, cores, memory, accelerator, and the versions that matter for the figures."""
@@ -31,15 +33,6 @@ def machine_description() -> str:
     gpu = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
     return (f"{cpu}, {os.cpu_count()} cores{memory}, {gpu}; Python {platform.python_version()}, "
             f"torch {torch.__version__}")
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    """A number for a table: ``digits`` significant digits, ``-`` for missing."""
-    if value is None:
-        return "-"
-    if value != value:
-        return "nan"
-    return f"{value:.{digits}g}"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

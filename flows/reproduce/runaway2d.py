@@ -18,8 +18,8 @@ from flows.reproduce.report import Goal, ResultPage, fmt, goals_table, table, ve
 from flows.reproduce.settings import RunawaySettings
 from prnf_core import plots
 from prnf_core.cluster import ExecutionConfig
+from prnf_core.problems.runaway2d import RUNAWAY_P_STAR
 from prnf_core.studies import QoIAgreement, SurrogateQoI, compare_rates, maxwellian_laws
-from prnf_core.validation import RUNAWAY_P_STAR
 from tasks.study import mc_qoi, plot_law_marginals, surrogate_qoi_study
 
 PROBLEM = "runaway2d"

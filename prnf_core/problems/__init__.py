@@ -7,7 +7,11 @@
 3
 
 Register your own with :func:`register_problem`; a factory takes keyword parameters with defaults
-and returns an :class:`~prnf_core.sde.SDE`.
+and returns an :class:`~prnf_core.sde.SDE`. A problem names its quantities of interest in
+``SDE.qois``; :func:`problem_qoi` gives the one validation reports:
+
+>>> problem_qoi("runaway2d").__name__, problem_qoi("ou")
+('runaway_rate', None)
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from prnf_core.problems.abc3d import abc3d
 from prnf_core.problems.bm1d import bm1d
 from prnf_core.problems.ou import ou
 from prnf_core.problems.runaway2d import runaway2d
-from prnf_core.sde import SDE
+from prnf_core.sde import SDE, QoIFunction
 
 ProblemFactory = Callable[..., SDE]
 _REGISTRY: dict[str, ProblemFactory] = {}
@@ -65,6 +69,24 @@ def get_problem(name: str, **params: Any) -> SDE:
         return factory(**params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"problem_params: invalid parameters for {name!r}: {exc}") from exc
+
+
+def default_problem(name: str | None) -> SDE | None:
+    """The registered problem ``name`` built with its defaults; ``None`` for ``None``, an unknown
+    name, or a problem that cannot be built without parameters."""
+    if name is None or name not in _REGISTRY:
+        return None
+    try:
+        return get_problem(name)
+    except ConfigError:  # a user problem with required parameters
+        return None
+
+
+def problem_qoi(name: str | None) -> QoIFunction | None:
+    """The quantity of interest validation reports for problem ``name``: the first it declares
+    (``SDE.primary_qoi``) when built with its defaults; ``None`` when there is none."""
+    sde = default_problem(name)
+    return None if sde is None else sde.primary_qoi
 
 
 def default_test_laws(name: str, params: dict[str, Any] | None = None
@@ -117,9 +139,11 @@ for _factory_fn in (bm1d, ou, abc3d, runaway2d):
     register_problem(_factory_fn.__name__, _factory_fn)
 
 __all__ = [
+    "default_problem",
     "default_test_laws",
     "get_problem",
     "list_problems",
     "problem_parameters",
+    "problem_qoi",
     "register_problem",
 ]

@@ -21,18 +21,38 @@ collisional model with diagonal noise. With :math:`\tilde δ=\sqrt{2\tilde T/mc^
 
 :math:`\partial_p C_A` is analytic: :math:`ψ' = φ' - 2ψ/x` and :math:`dx/dp = 1/(\bar v_T γ^3)`.
 Boundaries: p below p_min = 0.5 is set to p_min; ξ is reflected at ±1. dt = 0.005, T = 20.
+Quantity of interest: the runaway rate :math:`P[p_T > p^*]`, :math:`p^* = 1.75`
+(:func:`runaway_rate`).
 Parameters as in the same group's later public work (see ``shared/paper-notes.md``).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from prnf_core.sde import SDE, Boundary
+from prnf_core.validation.arrays import ArrayLike
+from prnf_core.validation.qoi import exceedance_probability
 
 _FLOOR = 1e-10
+RUNAWAY_P_STAR = 1.75
+"""Momentum above which an electron counts as a runaway: the threshold of :func:`runaway_rate`."""
+
+
+def runaway_rate(samples: ArrayLike, p_star: float = RUNAWAY_P_STAR) -> dict[str, Any]:
+    r"""Runaway production rate: fraction of particles with momentum :math:`p > p^*` (column 0).
+
+    Returns ``{"name": "runaway_rate", "value": f, "stderr": sqrt(f (1 - f) / n)}``, the
+    binomial standard error (0 when no or every particle runs away, where it understates the
+    uncertainty: see :mod:`prnf_core.validation.qoi`).
+
+    >>> runaway_rate([[1.0, 0.0], [2.0, 0.5], [1.75, 0.1], [3.0, -1.0]])["value"]
+    0.5
+    """
+    return exceedance_probability(samples, p_star, coord=0, name="runaway_rate")
 
 
 def derived_constants(p: dict) -> dict[str, float]:
@@ -90,4 +110,5 @@ def runaway2d(*, Z: float = 1.0, E0: float = 1 / 2000, tau: float = 6000.0, T_ti
         coord_names=("p", "xi"), t_end=t_end, dt=dt,
         domain=([p_min, -1.0], [p_max, 1.0]),
         description="runaway electrons (p, xi), relativistic collisions (paper exp. 2)",
+        qois={"runaway_rate": runaway_rate},
     )
