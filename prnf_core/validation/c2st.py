@@ -75,10 +75,9 @@ def classifier_two_sample_test(sur: ArrayLike, mc: ArrayLike, seed: int = 0, *,
     ``null_high`` means the classifier tells the samples apart; how far above measures how
     easily (1.0: perfectly separable).
 
-    Cost: about 1–3 s for 2 × 10k points in 3-D. The network is tiny, so it trains on
-    ``num_threads`` torch threads (default 1; the process-wide setting is restored afterwards,
-    ``None`` leaves it alone): more threads only add synchronization, and on a busy machine
-    2 spinning threads were 15× slower per step than 1.
+    The network is tiny, so it trains on ``num_threads`` torch threads (default 1; the
+    process-wide setting is restored afterwards, ``None`` leaves it alone): more threads only add
+    synchronization (measured times: ``benchmarks/README.md``).
     """
     sur, mc = as_samples(sur=sur, mc=mc)
     if not 0 < test_fraction < 1:

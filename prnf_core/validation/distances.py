@@ -112,13 +112,11 @@ def energy_distance(a: ArrayLike, b: ArrayLike, *, unbiased: bool = False,
     Székely & Rizzo (2013), see the module doc. Euclidean norm on the coordinates as given
     (standardize them first if their units differ; :func:`validate_samples` does).
 
-    Cost: O(n·m·d) time with O(block²) memory; about 1.1 s per 4·10⁸ pairs on one CPU core in
-    float64, so a 20k × 20k comparison (cross term plus the two halved within terms) takes about
-    2 s. Sets larger than ``max_n`` are subsampled without replacement, deterministically from
-    ``seed`` (``max_n=None``: never). ``num_threads``: torch intra-op threads for the
-    computation (the process setting is restored afterwards; ``None``: leave it). Default 1: on
-    a 2-core machine 2 threads were at best 1.6× faster, and 10–60× slower whenever another
-    process held a core (spinning OpenMP threads).
+    Cost: O(n·m·d) time with O(block²) memory (measured times: ``benchmarks/README.md``). Sets
+    larger than ``max_n`` are subsampled without replacement, deterministically from ``seed``
+    (``max_n=None``: never). ``num_threads``: torch intra-op threads for the computation (the
+    process setting is restored afterwards; ``None``: leave it). Default 1: more threads gain
+    little and lose much whenever another process holds a core (spinning OpenMP threads).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(1)
