@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from pydantic import ValidationError
@@ -23,7 +24,14 @@ from flows.reproduce import ReproduceParams, reproduce_flow
 from flows.reproduce.report import goals_table
 from flows.reproduce.runaway2d import compare_temperatures, energy_ratios, runaway_goals
 from flows.reproduce.settings import PROFILES, RunawaySettings, resolve_settings
-from prnf_core.studies import QoIAgreement, abc3d_grid_laws, lattice_subset
+from prnf_core.problems.runaway2d import RUNAWAY_P_STAR, runaway_rate
+from prnf_core.studies import (
+    QoIAgreement,
+    abc3d_grid_laws,
+    lattice_subset,
+    maxwellian_laws,
+    surrogate_qoi,
+)
 from tasks import tracking
 
 TINY = {
@@ -218,3 +226,130 @@ def test_bias_in_combined_standard_errors():
     assert QoIAgreement("T1", 1e-5, 0.0, 0.0, 0.0, 0.0005, "absolute").bias_se == math.inf
     assert QoIAgreement("T5", 0.047, 0.0003, 0.05, 0.0004, 0.03, "relative").bias_se == (
         pytest.approx(-6.0))
+
+
+# -- the study maths against hand-computed values -----------------------------------------------
+def test_qoi_agreement_by_hand_relative_and_absolute():
+    # Relative (T̂0 = 5): |0.052 − 0.05| = 0.002 = 4 % of 0.05 > 3 %; combined SE
+    # sqrt(0.0008² + 0.0006²) = 0.001 = 2 % of the MC rate; bias 0.002 / 0.001 = +2 SE.
+    rel = QoIAgreement("T5", 0.052, 0.0008, 0.05, 0.0006, 0.03, "relative")
+    assert rel.abs_error == pytest.approx(0.002, rel=1e-9)
+    assert rel.rel_error == rel.error == pytest.approx(0.04, rel=1e-9)
+    assert not rel.within
+    assert rel.combined_stderr == pytest.approx(0.02, rel=1e-9)
+    assert not rel.resolvable  # 2 × 0.02 = 0.04 is not below 0.03
+    assert rel.bias_se == pytest.approx(2.0, rel=1e-9)
+    # Absolute (T̂0 = 2): error 0.0002 ≤ 0.0005; combined SE sqrt(0.00003² + 0.00004²) = 5e-5,
+    # so 2 SE = 1e-4 < 5e-4 resolves it, and the bias is 0.0002 / 5e-5 = +4 SE (negative when
+    # the surrogate is low).
+    ab = QoIAgreement("T2", 0.0012, 0.00003, 0.0010, 0.00004, 0.0005, "absolute")
+    assert ab.error == ab.abs_error == pytest.approx(0.0002, rel=1e-9)
+    assert ab.rel_error == pytest.approx(0.2, rel=1e-9)
+    assert ab.within and ab.resolvable
+    assert ab.combined_stderr == pytest.approx(5e-5, rel=1e-9)
+    assert ab.bias_se == pytest.approx(4.0, rel=1e-9)
+    low = QoIAgreement("T2", 0.0008, 0.00003, 0.0010, 0.00004, 0.0005, "absolute")
+    assert low.bias_se == pytest.approx(-4.0, rel=1e-9)
+    d = ab.as_dict()
+    assert (d["key"], d["tolerance_rule"], d["within"], d["resolvable"]) == (
+        "T2", "absolute", True, True)
+    assert [d[k] for k in ("sur", "sur_stderr", "mc", "mc_stderr", "abs_error", "rel_error",
+                           "bias_se")] == pytest.approx([0.0012, 3e-5, 0.0010, 4e-5, 2e-4, 0.2,
+                                                         4.0], rel=1e-9)
+    # No MC hits: no relative error to speak of; the SE stays in absolute units.
+    zero = QoIAgreement("T1", 1e-5, 3e-6, 0.0, 4e-6, 0.03, "relative")
+    assert zero.rel_error == math.inf and not zero.within
+    assert zero.combined_stderr == pytest.approx(5e-6, rel=1e-9)
+
+
+def test_compare_temperatures_keeps_sides_and_switches_to_relative_at_relative_from():
+    settings = _runaway_settings([2.0, 4.0, 5.0])  # relative_from = 4
+    sur = {f"T{t:g}": {"value": v, "stderr": s, "n": 10**6, "seconds": 2.0}
+           for t, v, s in ((2, 0.0011, 3e-5), (4, 0.021, 1.4e-4), (5, 0.052, 2.2e-4))}
+    mc = {f"T{t:g}": {"value": v, "stderr": s, "n": 10**5}
+          for t, v, s in ((2, 0.0010, 1e-4), (4, 0.020, 4.4e-4), (5, 0.050, 6.9e-4))}
+    got = compare_temperatures(settings, sur, mc)
+    assert [t for t, _ in got] == [2.0, 4.0, 5.0]
+    assert [(c.tolerance_rule, c.tolerance) for _, c in got] == [
+        ("absolute", 0.0005), ("relative", 0.03), ("relative", 0.03)]
+    for (t, c), (s, m) in zip(got, [(0.0011, 0.0010), (0.021, 0.020), (0.052, 0.050)],
+                              strict=True):
+        assert (c.key, c.sur, c.mc) == (f"T{t:g}", s, m)  # surrogate and MC not swapped
+    assert (got[1][1].sur_stderr, got[1][1].mc_stderr) == (1.4e-4, 4.4e-4)
+    # T̂0 = 2: 1e-4 off ≤ 5e-4 passes; T̂0 = 4 (relative from here): 0.001 off is 5 % of 0.020,
+    # misses 3 %; T̂0 = 5: 0.002 off is 4 %, misses.
+    assert [c.within for _, c in got] == [True, False, False]
+    assert got[1][1].error == pytest.approx(0.05, rel=1e-9)
+
+
+class _FixedHits:
+    """A stand-in sampler: each batch has ``min(size, 300)`` hits (y = 1), the rest y = 0."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sample_initial(self, spec, size, seed):
+        self.calls.append((size, seed))
+        y = np.zeros((size, 1))
+        y[:min(size, 300)] = 1.0
+        return y, y
+
+
+class _NoDynamics:
+    """A stand-in sampler with X_T = x0: the study's QoI of the initial law itself."""
+
+    def sample_initial(self, spec, size, seed):
+        x0 = spec.sample(size, np.random.default_rng(seed))
+        return x0, x0
+
+
+def _hit_fraction(y):
+    return {"value": float((np.asarray(y)[:, 0] > 0.5).mean())}
+
+
+def test_surrogate_qoi_weights_batches_by_their_size():
+    # 2500 samples in batches 1000, 1000, 500 with 300 hits each: 900 / 2500 = 0.36 (the
+    # unweighted mean of the batch fractions would be (0.3 + 0.3 + 0.6) / 3 = 0.4); binomial SE
+    # sqrt(0.36 × 0.64 / 2500) = 0.0096.
+    model = _FixedHits()
+    law = {"kind": "uniform", "low": [0.0], "high": [1.0]}
+    (got,) = surrogate_qoi(model, {"a": law}, _hit_fraction, 2500, seed=4, batch=1000).values()
+    assert [size for size, _ in model.calls] == [1000, 1000, 500]
+    assert got.value == pytest.approx(0.36, rel=1e-12) and got.n == 2500
+    assert got.stderr == pytest.approx(0.0096, rel=1e-12)
+
+
+def test_surrogate_qoi_of_a_law_does_not_depend_on_the_other_laws():
+    # Law number k uses seed + k: the second law of a study at seed 5 is the first at seed 6.
+    a = {"kind": "uniform", "low": [0.0], "high": [1.0]}
+    b = {"kind": "uniform", "low": [0.2], "high": [1.0]}
+    both = surrogate_qoi(_NoDynamics(), {"a": a, "b": b}, _hit_fraction, 3000, seed=5, batch=700)
+    alone = surrogate_qoi(_NoDynamics(), {"b": b}, _hit_fraction, 3000, seed=6, batch=700)
+    assert both["b"].value == alone["b"].value
+    # P[U(0.2, 1) > 0.5] = 0.625 within 4 binomial SEs sqrt(p (1 − p) / 3000) ≈ 0.0088.
+    assert abs(both["b"].value - 0.625) < 4 * math.sqrt(0.625 * 0.375 / 3000)
+    assert abs(both["a"].value - 0.5) < 4 * math.sqrt(0.25 / 3000)
+
+
+def _chi3_sf(x: float) -> float:
+    """P[χ₃ > x] = erfc(x/√2) + sqrt(2/π) x exp(−x²/2) (integrate the χ₃ density by parts)."""
+    return math.erfc(x / math.sqrt(2)) + math.sqrt(2 / math.pi) * x * math.exp(-x * x / 2)
+
+
+@pytest.mark.parametrize("temperature", [2.0, 6.0])
+def test_maxwellian_runaway_rate_matches_the_chi3_tail(temperature):
+    """The rate study on a law without dynamics: P[p > p*] of the Maxwellian itself.
+
+    v has i.i.d. N(0, σ²) components, σ² = T̂0 / (2 T̃) with the problem's T̃ = 3, p = |v| is
+    σ χ₃, redrawn below p_min = 0.5: P[p > 1.75] = S(1.75/σ) / S(0.5/σ), S the χ₃ tail
+    (≈ 0.0314 at T̂0 = 2, ≈ 0.395 at T̂0 = 6). Tolerance 4 binomial SEs at n = 60,000.
+    """
+    assert RUNAWAY_P_STAR == 1.75  # the paper's p*
+    (law,) = maxwellian_laws([temperature]).values()
+    sigma = math.sqrt(temperature / (2 * 3.0))
+    expect = _chi3_sf(RUNAWAY_P_STAR / sigma) / _chi3_sf(0.5 / sigma)
+    n = 60_000
+    (got,) = surrogate_qoi(_NoDynamics(), {"T": law}, runaway_rate, n, seed=8,
+                           batch=25_000).values()
+    assert abs(got.value - expect) < 4 * math.sqrt(expect * (1 - expect) / n), (got, expect)
+    assert got.stderr == pytest.approx(math.sqrt(got.value * (1 - got.value) / n), rel=1e-12)
