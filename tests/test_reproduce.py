@@ -126,10 +126,68 @@ def test_experiment_end_to_end(experiment, prefect_harness, tmp_path):
         for goal in ("rate error", "bias", "energy ratio"):
             assert re.search(rf"\| {goal} \|.*\| \*\*(PASS|MISS)\*\* \|", text), goal
         assert "energy goal (≤ 2)" in text
+        check_rate_table(text, result["metrics"], TINY["runaway2d"])
     if experiment == "abc3d":  # the quick profile's NSF baseline went through the pipeline too
         assert run.data.tags["pipeline_run.baseline"] != run.data.tags["pipeline_run"]
         assert "Surrogates side by side" in text and "baseline.grid.max_abs_error" in result[
             "metrics"]
+        check_grid_summary(text, result["metrics"], TINY["abc3d"])
+
+
+def check_rate_table(text: str, metrics: dict[str, float], tiny: dict) -> None:
+    """The runaway rate table against the rates it reports: binomial SEs, errors, bias in SEs."""
+    for t in tiny["temperatures"]:
+        mc, sur = metrics[f"T{t:g}.mc_rate"], metrics[f"T{t:g}.sur_rate"]
+        assert metrics[f"T{t:g}.abs_error"] == pytest.approx(abs(sur - mc), rel=1e-12)
+        se_mc = math.sqrt(mc * (1 - mc) / tiny["n_mc"])
+        se_sur = math.sqrt(sur * (1 - sur) / tiny["n_surrogate"])
+        row = re.search(rf"^\| {t:g} \| (.+?) \| (.+?) \| (.+?) \| (.+?) \| .+? \| .+? \| "
+                        r"\**([+-][\d.]+|[+-]inf)", text, re.M)
+        assert row, t
+        mc_cell, sur_cell, abs_cell = row.group(1), row.group(2), row.group(3)
+        assert sur_cell == f"{sur:.3g} ± {se_sur:.1g}"  # SE from the surrogate's n, not MC's
+        assert abs_cell == f"{abs(sur - mc):.2g}"
+        if mc > 0:
+            assert mc_cell == f"{mc:.3g} ± {se_mc:.1g}"
+            assert metrics[f"T{t:g}.rel_error"] == pytest.approx(abs(sur - mc) / mc, rel=1e-12)
+        else:  # zero hits: the 95 % upper bound 3/n instead of a zero SE
+            assert mc_cell == f"0 (< {3 / tiny['n_mc']:.1g}, 95 %)"
+        if se_mc or se_sur:
+            bias = (sur - mc) / math.hypot(se_mc, se_sur)
+            assert row.group(5) == f"{bias:+.1f}"
+            assert metrics[f"T{t:g}.bias_se"] == pytest.approx(bias, rel=1e-9)
+
+
+def check_grid_summary(text: str, metrics: dict[str, float], tiny: dict) -> None:
+    """The abc3d grid summary against its table of MC references (values printed to 4 dp).
+
+    Error = surrogate − MC at each reference law, max and mean of |error|, and the noise level
+    E|N(0, se²)| = se·sqrt(2/π), se = sqrt(SE_sur² + SE_mc²); SEs binomial at the reference n.
+    Rounding to 4 dp moves a printed value by ≤ 5e-5, so a difference of printed values by
+    ≤ 1e-4 (+ 5e-5 for the printed error itself).
+    """
+    first = text.split("## Parameter study: ")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| (i\d+_j\d+) \| \(([\d.]+), ([\d.]+)\) \| ([\d.]+) ± ([\d.]+) \| "
+                      r"([\d.]+) ± ([\d.]+) \| ([+-][\d.]+) \| ([+-][\d.]+) \|$", first, re.M)
+    n, per_axis = tiny["grid"], tiny["reference_per_axis"]
+    assert len(rows) == per_axis**2
+    step = 2 * math.pi / (n - 1)
+    errors, noise = [], []
+    for key, cx, cz, mc, se_mc, sur, se_sur, err, _ in rows:
+        i, j = (int(v) for v in re.findall(r"\d+", key))
+        assert (float(cx), float(cz)) == pytest.approx((i * step, j * step), abs=0.005)
+        mc, se_mc, sur, se_sur, err = map(float, (mc, se_mc, sur, se_sur, err))
+        assert err == pytest.approx(sur - mc, abs=1.5e-4)
+        for p, se in ((mc, se_mc), (sur, se_sur)):
+            assert se == pytest.approx(math.sqrt(p * (1 - p) / tiny["reference_samples"]),
+                                       abs=1e-4)
+        errors.append(abs(err))
+        noise.append(math.hypot(se_mc, se_sur))
+    assert metrics["grid.max_abs_error"] == pytest.approx(max(errors), abs=5e-5)
+    assert metrics["grid.mean_abs_error"] == pytest.approx(np.mean(errors), abs=5e-5)
+    assert metrics["grid.noise_mean_abs_error"] == pytest.approx(
+        np.mean(noise) * math.sqrt(2 / math.pi), abs=1e-4)
+    assert f"max |error| {metrics['grid.max_abs_error']:.4f}" in first
 
 
 @pytest.mark.parametrize("experiment", sorted(PROFILES))
