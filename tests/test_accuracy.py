@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from prnf_core import DatasetConfig, get_problem, open_dataset, run_dataset
-from prnf_core.metrics import exact_kl
 from prnf_core.models import ConditionalSampler, ModelConfig, build_model
 from prnf_core.train import TrainConfig, fit
+from prnf_core.validation import exact_kl
 
 KL_MAX = 0.03
 REV_MAX = 0.01
