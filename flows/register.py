@@ -15,26 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from flows.config import CheckParams, pipeline_for_model
 from flows.pipeline import validate_and_register
 from prnf_core.dataset import open_dataset
 from prnf_core.errors import ConfigError
 from prnf_core.models import load_metadata
-from prnf_core.paths import resolve_path
+from prnf_core.paths import DataPath
 from tasks import registry, tracking
 from tasks.pyfunc import log_surrogate
 
 
 class RegisterParams(CheckParams):
-    model_dir: str = Field(description="A model directory written by the train flow (a relative "
-                                       "path is taken under the data root).")
-
-    @field_validator("model_dir")
-    @classmethod
-    def _confine(cls, value: str) -> str:
-        return resolve_path(value, "model_dir")
+    model_dir: DataPath = Field(description="A model directory written by the train flow (a "
+                                            "relative path is taken under the data root).")
 
 
 @flow(name="register", log_prints=True)

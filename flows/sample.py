@@ -13,14 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from prnf_core.dataset import ATTR_KEY
 from prnf_core.errors import ConfigError, PrnfError
 from prnf_core.initial import InitialSpec, parse_initial
-from prnf_core.paths import atomic_path, is_url, resolve_path
+from prnf_core.paths import ModelRef, atomic_path, is_url, resolve_path
 
 
 class SampleParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="models:/NAME@alias, models:/NAME/VERSION, runs:/... or a dir "
-                                   "(a relative dir is taken under the data root).")
+    model: ModelRef = Field(description="models:/NAME@alias, models:/NAME/VERSION, runs:/... or "
+                                        "a dir (a relative dir is taken under the data root).")
     initial: InitialSpec = Field(description="Initial distribution of x0.")
     n: int = Field(10_000, gt=0, description="Number of samples.")
     out: str = Field("samples.npy", description="Output file: .npy or .zarr; a relative path is "
@@ -35,11 +35,6 @@ class SampleParams(BaseModel):
     @classmethod
     def _parse(cls, value: Any) -> Any:
         return parse_initial(value)
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str) -> str:
-        return resolve_path(value, "model", allow_urls=True)
 
     @field_validator("out")
     @classmethod

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from prnf_core.cluster import ExecutionConfig
 from prnf_core.dataset import DatasetConfig
-from prnf_core.paths import resolve_path
+from prnf_core.paths import DataPath
 from tasks.simulate import prepare_dataset, simulate_chunks
 
 
@@ -19,18 +19,13 @@ class SimulateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: DatasetConfig = Field(description="What to simulate: problem, x0 law, sizes, seed.")
-    output: str | None = Field(
+    output: DataPath | None = Field(
         None, description="Store path; default: <data root>/datasets/<problem>-<dataset id>.zarr. "
                           "A relative path is taken under the data root and may not leave it.",
     )
     execution: ExecutionConfig = Field(
         default_factory=ExecutionConfig, description="Dask workers, scheduler address or cluster.",
     )
-
-    @field_validator("output")
-    @classmethod
-    def _confine(cls, value: str | None) -> str | None:
-        return None if value is None else resolve_path(value, "output")
 
 
 @flow(name="simulate", log_prints=True)

@@ -7,11 +7,11 @@ import json
 from typing import Any
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from prnf_core.dataset import open_dataset
 from prnf_core.models import ModelConfig
-from prnf_core.paths import data_root, resolve_path
+from prnf_core.paths import DataPath, data_root
 from prnf_core.train import TrainConfig
 from tasks.train import train_model
 
@@ -21,11 +21,11 @@ class TrainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str = Field(description="Path of a complete dataset store (from the simulate flow); "
+    data: DataPath = Field(description="Path of a complete dataset store (from the simulate flow); "
                                   "a relative path is taken under the data root.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Architecture and size.")
     training: TrainConfig = Field(default_factory=TrainConfig, description="Optimization.")
-    output: str | None = Field(
+    output: DataPath | None = Field(
         None, description="Model directory; default: <data root>/models/<dataset>-<arch>-<hash>. "
                           "A relative path is taken under the data root and may not leave it.",
     )
@@ -34,11 +34,6 @@ class TrainParams(BaseModel):
                            "train from scratch. Without it a re-run resumes, and state written "
                            "for other data, model or training settings is refused.",
     )
-
-    @field_validator("data", "output")
-    @classmethod
-    def _confine(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else resolve_path(value, info.field_name)
 
 
 def default_model_dir(params: TrainParams) -> str:

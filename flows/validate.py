@@ -6,24 +6,19 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from flows.config import CheckParams, pipeline_for_model
 from flows.sample import load_model_param
 from prnf_core.errors import ConfigError
-from prnf_core.paths import data_root, resolve_path
+from prnf_core.paths import ModelRef, data_root
 from tasks import tracking
 from tasks.validate import simulate_test_sets, validate_surrogate
 
 
 class ValidateParams(CheckParams):
-    model: str = Field(description="models:/NAME@alias, models:/NAME/VERSION, runs:/... or a dir "
-                                   "(a relative dir is taken under the data root).")
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str) -> str:
-        return resolve_path(value, "model", allow_urls=True)
+    model: ModelRef = Field(description="models:/NAME@alias, models:/NAME/VERSION, runs:/... or "
+                                        "a dir (a relative dir is taken under the data root).")
 
 
 @flow(name="validate", log_prints=True)

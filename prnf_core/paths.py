@@ -23,6 +23,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, ValidationInfo
 
 from prnf_core.errors import ConfigError
 
@@ -110,3 +113,16 @@ def atomic_path(target: str | Path, unique: bool = False) -> Iterator[Path]:
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
+
+
+def _confined(allow_urls: bool) -> AfterValidator:
+    def check(value: str, info: ValidationInfo) -> str:
+        return resolve_path(value, info.field_name or "path", allow_urls=allow_urls)
+    return AfterValidator(check)
+
+
+#: A path parameter of a flow, following the path rule (a relative path is taken under the
+#: data root and may not leave it; URLs are refused), in the field's name.
+DataPath = Annotated[str, _confined(allow_urls=False)]
+#: A model reference: a URI MLflow resolves (``models:/``, ``runs:/``) or a :data:`DataPath`.
+ModelRef = Annotated[str, _confined(allow_urls=True)]

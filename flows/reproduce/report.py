@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prnf_core.paths import atomic_path
 from prnf_core.validation import fmt as fmt  # the one number formatter, for the pages
 
 
@@ -116,9 +117,8 @@ class ResultPage:
 
     def write(self, wall_seconds: float) -> Path:
         path = self.output_dir / f"{self.experiment}.md"
-        tmp = path.with_suffix(".md.tmp")
-        tmp.write_text(self.render(wall_seconds))
-        tmp.replace(path)  # a reader never sees half a page
+        with atomic_path(path) as tmp:  # a reader never sees half a page
+            tmp.write_text(self.render(wall_seconds))
         return path
 
     def files(self) -> list[Path]:
