@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy.ndimage import gaussian_filter
 
-from prnf_core.validation.arrays import as_2d
+from prnf_core.arrays import as_2d
 
 SUR_COLOR = "tab:orange"
 MC_COLOR = "tab:blue"

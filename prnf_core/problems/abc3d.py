@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from prnf_core.arrays import ArrayLike
+from prnf_core.qoi import region_probability
 from prnf_core.sde import SDE
-from prnf_core.validation.arrays import ArrayLike
-from prnf_core.validation.qoi import region_probability
 
 ABC_BOX: tuple[tuple[float, float], tuple[float, float]] = (
     (0.0, math.pi), (2.0 * math.pi, 3.0 * math.pi),

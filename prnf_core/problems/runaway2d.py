@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
+from prnf_core.arrays import ArrayLike
+from prnf_core.qoi import exceedance_probability
 from prnf_core.sde import SDE, Boundary
-from prnf_core.validation.arrays import ArrayLike
-from prnf_core.validation.qoi import exceedance_probability
 
 _FLOOR = 1e-10
 RUNAWAY_P_STAR = 1.75
@@ -47,7 +47,7 @@ def runaway_rate(samples: ArrayLike, p_star: float = RUNAWAY_P_STAR) -> dict[str
 
     Returns ``{"name": "runaway_rate", "value": f, "stderr": sqrt(f (1 - f) / n)}``, the
     binomial standard error (0 when no or every particle runs away, where it understates the
-    uncertainty: see :mod:`prnf_core.validation.qoi`).
+    uncertainty: see :mod:`prnf_core.qoi`).
 
     >>> runaway_rate([[1.0, 0.0], [2.0, 0.5], [1.75, 0.1], [3.0, -1.0]])["value"]
     0.5

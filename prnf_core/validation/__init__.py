@@ -4,20 +4,20 @@ exact laws. One module per concept, each with its maths, reference and an exampl
 ====================  ============================================================================
 module                what it computes
 ====================  ============================================================================
-``arrays``            the one array checker (:func:`as_2d`) and the shared input helpers
 ``distances``         energy distance (Székely & Rizzo 2013), sliced Wasserstein (Bonneel et al.
                       2015) and its bootstrap
 ``noise_floor``       a distance to MC in units of the MC-vs-MC distance (:func:`noise_floor_ratio`)
 ``c2st``              the classifier two-sample test (Lopez-Paz & Oquab 2017)
 ``moments``           moment and quantile errors with standard errors
-``qoi``               generic quantities of interest (binomial probabilities) and their comparison;
-                      problems declare theirs in ``SDE.qois``
 ``kl``                exact KL for problems with an exact transition density, sampler check
 ``cost``              cost and the break-even number of initial distributions
 ``report``            :func:`validate_samples`, the report, its metrics and markdown, :func:`fmt`
 ====================  ============================================================================
 
-Every public name is importable from here:
+Below the package, used by it and by the problems: :mod:`prnf_core.arrays` (the one array
+checker, :func:`as_2d`, and the shared input helpers) and :mod:`prnf_core.qoi` (generic
+quantities of interest, binomial probabilities and their comparison; problems declare theirs in
+``SDE.qois``). Every public name is importable from here:
 
 >>> from prnf_core.validation import noise_floor_ratio, validate_samples
 >>> import numpy as np
@@ -29,7 +29,15 @@ Every public name is importable from here:
 (('p', 'xi'), 'runaway_rate')
 """
 
-from prnf_core.validation.arrays import DEFAULT_MAX_N, as_2d, torch_threads
+from prnf_core.arrays import DEFAULT_MAX_N, as_2d, torch_threads
+from prnf_core.qoi import (
+    QoIComparison,
+    QoIFunction,
+    binomial_qoi,
+    compare_qoi,
+    exceedance_probability,
+    region_probability,
+)
 from prnf_core.validation.c2st import C2STResult, classifier_two_sample_test
 from prnf_core.validation.cost import break_even, cost_summary
 from prnf_core.validation.distances import (
@@ -53,14 +61,6 @@ from prnf_core.validation.moments import (
     quantile_label,
 )
 from prnf_core.validation.noise_floor import NoiseFloor, noise_floor_ratio
-from prnf_core.validation.qoi import (
-    QoIComparison,
-    QoIFunction,
-    binomial_qoi,
-    compare_qoi,
-    exceedance_probability,
-    region_probability,
-)
 from prnf_core.validation.report import (
     DistributionValidation,
     ValidationReport,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from prnf_core.validation.arrays import DEFAULT_MAX_N, ArrayLike, as_samples, balance, torch_threads
+from prnf_core.arrays import DEFAULT_MAX_N, ArrayLike, as_samples, balance, torch_threads
 
 
 @dataclass(frozen=True)

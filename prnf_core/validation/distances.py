@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from prnf_core.validation.arrays import (
+from prnf_core.arrays import (
     DEFAULT_MAX_N,
     ArrayLike,
     as_samples,

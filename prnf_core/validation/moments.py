@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prnf_core.validation.arrays import ArrayLike, as_samples, resolve_coord_names
+from prnf_core.arrays import ArrayLike, as_samples, resolve_coord_names
 
 QUANTILE_LEVELS: tuple[float, ...] = (0.01, 0.05, 0.5, 0.95, 0.99)
 

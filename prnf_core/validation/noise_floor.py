@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from prnf_core.validation.arrays import DEFAULT_MAX_N, ArrayLike, as_samples, balance, subsample
+from prnf_core.arrays import DEFAULT_MAX_N, ArrayLike, as_samples, balance, subsample
 from prnf_core.validation.distances import (
     energy_distances_to,
     sliced_wasserstein,

@@ -8,7 +8,7 @@ reference simulation). :func:`validate_samples` computes the energy and sliced-W
 noise-floor ratios (:mod:`~prnf_core.validation.noise_floor`; Székely & Rizzo 2013, Bonneel et
 al. 2015), the classifier two-sample test (:mod:`~prnf_core.validation.c2st`; Lopez-Paz &
 Oquab 2017), the moment and quantile errors (:mod:`~prnf_core.validation.moments`) and the
-problem's quantity of interest (:mod:`~prnf_core.validation.qoi`). Every number is plain
+problem's quantity of interest (:mod:`~prnf_core.qoi`). Every number is plain
 numpy/torch; the MLflow and Prefect layers only log what
 :meth:`ValidationReport.as_flat_metrics` returns.
 
@@ -39,18 +39,19 @@ from typing import Any
 
 import numpy as np
 
-from prnf_core.sde import SDE, QoIFunction
-from prnf_core.validation.arrays import (
+from prnf_core.arrays import (
     DEFAULT_MAX_N,
     ArrayLike,
     as_2d,
     check_same_dim,
     resolve_coord_names,
 )
+from prnf_core.problems import default_problem
+from prnf_core.qoi import QoIComparison, compare_qoi
+from prnf_core.sde import QoIFunction
 from prnf_core.validation.c2st import C2STResult, classifier_two_sample_test
 from prnf_core.validation.moments import MomentQuantileErrors, moment_quantile_errors
 from prnf_core.validation.noise_floor import NoiseFloor, noise_floor_ratio
-from prnf_core.validation.qoi import QoIComparison, compare_qoi
 
 
 @dataclass(frozen=True)
@@ -219,14 +220,6 @@ def _sw_ratio_cell(nf: NoiseFloor) -> str:
     return fmt(nf.ratio, 2)
 
 
-def _problem_sde(problem: str | None) -> SDE | None:
-    # prnf_core.problems declares its QoIs with this package's helpers (qoi.py): the registry is
-    # looked up when a report needs it, not imported when this module loads.
-    from prnf_core.problems import default_problem
-
-    return default_problem(problem)
-
-
 def validate_samples(problem: str | None, sur_samples: ArrayLike, mc_a: ArrayLike,
                      mc_b: ArrayLike, *, law: str = "test",
                      coord_names: Sequence[str] | None = None, param: float | None = None,
@@ -267,7 +260,7 @@ def validate_samples(problem: str | None, sur_samples: ArrayLike, mc_a: ArrayLik
     sur = sur[finite]
     if len(sur) < 2:
         raise ValueError(f"sur_samples: fewer than 2 finite rows (of {len(finite)})")
-    sde = _problem_sde(problem) if coord_names is None or qoi is None else None
+    sde = default_problem(problem) if coord_names is None or qoi is None else None
     if coord_names is None and sde is not None and len(sde.coord_names) == sur.shape[1]:
         coord_names = sde.coord_names
     names = resolve_coord_names(coord_names, sur.shape[1])

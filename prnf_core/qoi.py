@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from prnf_core.arrays import ArrayLike, as_2d
 from prnf_core.sde import QoIFunction
-from prnf_core.validation.arrays import ArrayLike, as_2d
 
 
 def binomial_qoi(name: str, hits: ArrayLike) -> dict[str, Any]:
