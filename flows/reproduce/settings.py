@@ -21,6 +21,11 @@ Profile = Literal["quick", "paper"]
 Experiment = Literal["bm1d", "runaway2d", "abc3d"]
 
 
+def goal(value: float, what: str) -> Any:
+    """A goal field: a positive threshold whose description starts with "Goal: "."""
+    return Field(value, gt=0, description=f"Goal: {what}")
+
+
 class StudySettings(BaseModel):
     """What every experiment shares: the training set, the model and its training."""
 
@@ -50,7 +55,7 @@ class Bm1dSettings(StudySettings):
     kl_n_x0: int = Field(2000, ge=100, description="x0 draws in each mixture density.")
     check_samples: int = Field(
         10_000, ge=100, description="Samples of g (and of each exact set) in the sample check.")
-    kl_goal: float = Field(0.01, gt=0, description="Goal: KL at the default λ, every law.")
+    kl_goal: float = goal(0.01, "KL at the default λ, every law.")
 
     @model_validator(mode="after")
     def _default_in_sweep(self) -> Bm1dSettings:
@@ -75,18 +80,12 @@ class RunawaySettings(StudySettings):
     relative_from: float = Field(
         4.0, description="Temperatures at or above use the relative tolerance, below the "
                          "absolute one.")
-    rel_tol: float = Field(
-        0.03, gt=0, description="Goal (issue 11): relative error of every rate at T̂0 ≥ "
-                                "relative_from.")
-    abs_tol: float = Field(
-        0.0005, gt=0, description="Goal (issue 11): absolute error of every rate below "
-                                  "relative_from.")
-    bias_goal_se: float = Field(
-        3.0, gt=0, description="Goal (issue 11): |surrogate − MC rate| at most this many "
-                               "combined binomial standard errors at every temperature.")
-    energy_goal: float = Field(
-        2.0, gt=0, description="Goal (issue 11): energy-distance ratio to the MC noise floor "
-                               "of every law the pipeline validates.")
+    rel_tol: float = goal(0.03, "relative error of every rate at T̂0 ≥ relative_from (issue 11).")
+    abs_tol: float = goal(0.0005, "absolute error of every rate below relative_from (issue 11).")
+    bias_goal_se: float = goal(3.0, "|surrogate − MC rate| at most this many combined binomial "
+                                    "standard errors at every temperature (issue 11).")
+    energy_goal: float = goal(2.0, "energy-distance ratio to the MC noise floor of every law "
+                                   "the pipeline validates (issue 11).")
     mc_seed: int = Field(2_000_003, ge=0, description="Seed of the MC reference sets.")
 
     @model_validator(mode="after")
@@ -110,10 +109,9 @@ class AbcSettings(StudySettings):
         5, ge=1, description="MC references on a reference_per_axis² sub-lattice of the grid.")
     reference_samples: int = Field(
         100_000, ge=100, description="MC particles, and surrogate samples, per reference law.")
-    max_error_goal: float = Field(0.02, gt=0, description="Goal: max |error| on the references.")
-    mean_error_goal: float = Field(0.005, gt=0,
-                                   description="Goal: mean |error| on the references.")
-    energy_goal: float = Field(1.5, gt=0, description="Goal: energy-distance ratio.")
+    max_error_goal: float = goal(0.02, "max |error| on the references.")
+    mean_error_goal: float = goal(0.005, "mean |error| on the references.")
+    energy_goal: float = goal(1.5, "energy-distance ratio.")
     mc_seed: int = Field(3_000_017, ge=0, description="Seed of the MC reference sets.")
     baseline_model: ModelConfig | None = Field(
         None, description="A second surrogate trained and studied the same way for comparison "
