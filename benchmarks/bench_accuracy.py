@@ -103,6 +103,20 @@ def sw_ratio(sur: np.ndarray, mc: tuple[np.ndarray, np.ndarray], seed: int = 0) 
 References = dict[str, tuple[Any, tuple[np.ndarray, np.ndarray]]]
 
 
+def reference_sets(problem: str, n_mc: int, every_law: bool = False) -> References:
+    """Per default test law of ``problem`` (only the first unless ``every_law``): the law and
+    two independent MC sets of ``n_mc`` particles, fixed by seed (1,000,003)."""
+    laws = list(default_test_laws(problem).items())
+    references: References = {}
+    for name, spec in laws if every_law else laws[:1]:
+        law = parse_initial(spec)
+        mc_all = open_dataset(store(DatasetConfig(
+            problem=problem, initial=law, n_particles=2 * n_mc, chunk_size=10_000,
+            seed=1_000_003))).load("xT")
+        references[name] = (law, (mc_all[:n_mc], mc_all[n_mc:]))
+    return references
+
+
 def scores(model: Any, references: References, qoi: Any, seed: int) -> dict[str, dict]:
     """Per law: the SW ratio of ``n_mc`` surrogate samples and, where the problem has a
     quantity of interest, its surrogate and MC values (both MC halves pooled) and the
@@ -206,14 +220,7 @@ def main() -> None:
     os.environ.setdefault("PRNF_DATA_ROOT", str(OUT / "data-root"))
     train_path = store(DatasetConfig(problem=args.problem, n_particles=args.n_train,
                                      chunk_size=10_000, seed=0))
-    laws = list(default_test_laws(args.problem).items())
-    references: References = {}
-    for name, spec in laws if args.laws == "all" else laws[:1]:
-        law = parse_initial(spec)
-        mc_all = open_dataset(store(DatasetConfig(
-            problem=args.problem, initial=law, n_particles=2 * args.n_mc, chunk_size=10_000,
-            seed=1_000_003))).load("xT")
-        references[name] = (law, (mc_all[:args.n_mc], mc_all[args.n_mc:]))
+    references = reference_sets(args.problem, args.n_mc, every_law=args.laws == "all")
     print(f"{args.problem}: {args.n_train} training pairs; MC references: laws "
           f"{', '.join(references)}, 2 x {args.n_mc} each", flush=True)
     results = [run_variant(v, args.problem, train_path, references, args)

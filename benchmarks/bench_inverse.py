@@ -21,12 +21,11 @@ import time
 
 import numpy as np
 import torch
-from bench_accuracy import store, sw_ratio
+from bench_accuracy import reference_sets, store, sw_ratio
 
 from prnf_core.dataset import DatasetConfig, open_dataset
-from prnf_core.initial import parse_initial
 from prnf_core.models import ModelConfig, build_model
-from prnf_core.problems import default_test_laws, get_problem
+from prnf_core.problems import get_problem
 from prnf_core.train import TrainConfig, fit
 
 
@@ -39,10 +38,7 @@ def main() -> None:
     torch.set_num_threads(1)
     train_path = store(DatasetConfig(problem="abc3d", n_particles=40_000, chunk_size=10_000,
                                      seed=0))
-    law = parse_initial(next(iter(default_test_laws("abc3d").values())))
-    mc_all = open_dataset(store(DatasetConfig(problem="abc3d", initial=law, n_particles=40_000,
-                                              chunk_size=10_000, seed=1_000_003))).load("xT")
-    mc = (mc_all[:20_000], mc_all[20_000:])
+    law, mc = next(iter(reference_sets("abc3d", 20_000).values()))
     config = ModelConfig(architecture="prnf", hidden_width=256).for_problem(get_problem("abc3d"))
     model = build_model(config, seed=0)
     started = time.process_time()

@@ -124,7 +124,7 @@ class WeightAverage:
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         self.decay = decay
-        self.params = [p for p in model.parameters()]
+        self.params = list(model.parameters())
         self.average = [p.detach().clone() for p in self.params]
 
     @torch.no_grad()
