@@ -143,6 +143,40 @@ def validate(
 
 
 @app.command()
+def health(
+    model: Annotated[str | None, typer.Argument(
+        help="Registered model name whose champion is checked (default: prnf-ou).")] = None,
+    seed: Annotated[int | None, Opt(
+        help="Seed of the fresh MC test sets (default: drawn from the clock).")] = None,
+    n_samples: Annotated[int | None, Opt(help="Samples per law and MC set.")] = None,
+    workers: sup.Workers = None,
+    config: sup.Config = None,
+    set_: sup.Sets = None,
+) -> None:
+    """Score the champion on fresh simulations; log a point of its MLflow health series.
+
+    Exit 0: healthy. Exit 3: the champion degraded beyond noise since its registration, or now
+    fails the gate; the one-line error names every such metric (the point is logged all the
+    same). Exit 2: bad input (e.g. no champion); 1: an unexpected failure.
+    """
+    from flows.health import HealthParams, health_flow
+    from tasks.health import ChampionDegradedError
+
+    params = build_params(HealthParams, config=config, sets=set_, options={
+        "model": model, "seed": seed, "validation.n_samples": n_samples,
+        "execution.workers": workers})
+    try:
+        result = sup.run_with_progress(health_flow, params)
+    except ChampionDegradedError as exc:
+        sup.fail(str(exc), code=HEALTH_DEGRADED_EXIT)
+    show.health(result)
+
+
+#: The exit code of `prnf health` for a degraded champion: neither bad input (2) nor a crash (1).
+HEALTH_DEGRADED_EXIT = 3
+
+
+@app.command()
 def info(store: Annotated[Path, typer.Argument(help="Dataset store path.")]) -> None:
     """Show a dataset's id, configuration and completion."""
     show.dataset_info(store)

@@ -70,6 +70,20 @@ def validated(result: dict[str, Any], model: str) -> None:
               + "".join(f"\n  {failure}" for failure in result["failures"]), highlight=False)
 
 
+def health(result: dict[str, Any]) -> None:
+    """What `prnf health` prints for a healthy champion."""
+    table = Table("metric", "baseline", "now", "limit", "status",
+                  title=f"champion health: {result['model']} v{result['version']}")
+    for row in result["checks"]:
+        table.add_row(row["metric"], f"{row['baseline']:.4g}", f"{row['now']:.4g}",
+                      f"{row['limit']:.4g}", "DEGRADED" if row["degraded"] else "ok")
+    out.print(table)
+    out.print(f"healthy: score ({result['score_name']}) {result['score']:.4g} ± "
+              f"{result['score_stderr']:.2g} on fresh MC (seed {result['seed']}); point "
+              f"{result['point']} of MLflow run {result['run_id']} ({result['tracking_uri']})",
+              highlight=False)
+
+
 def dataset_info(store: Path) -> None:
     from prnf_core.dataset import open_dataset
 
