@@ -4,7 +4,8 @@ One Zarr group per dataset::
 
     <store>/
       zarr.json            attributes["prnf"] = {schema_version, package_version, dataset_id,
-                                                 config, problem, complete}
+                                                 config, resolved_config, problem, complete,
+                                                 created_at, role, growth}
       x0        (n, d)     initial states, chunked (chunk_size, d) along particles
       xT        (n, d)     final states at t_end
       snapshots (k, n, d)  states at config.save_times (only when asked)
@@ -22,6 +23,25 @@ with :class:`~prnf_core.errors.CorruptChunkError` on damaged chunks; ``prnf repa
 re-run) re-simulates them. The checksum arrays were added without a schema bump: older prnf
 versions ignore them, and stores without them still read (see :mod:`prnf_core.integrity`).
 
+Attributes for bookkeeping (none of them is part of the id): ``created_at`` is the ISO-8601 UTC
+time the store was created (set once); ``role`` what it is for (``"train"``, ``"test"``...,
+``None`` if not said; the last one given wins); ``growth`` the log of its sizes, one
+``{n_particles, n_chunks, at}`` entry at creation and at each growth. Stores written before these
+existed lack them and still open (:attr:`Dataset.created_at` and :attr:`Dataset.role` are then
+``None``); no schema bump.
+
+Growing stores. Chunk ``i`` depends only on the config without its size and on ``i`` (its seeds
+are ``SeedSequence(seed, spawn_key=(i,))``), so the configs that differ only in ``n_particles``
+form a *family* (:meth:`DatasetConfig.family_id`) whose stores are prefixes of one another.
+:func:`grow_dataset` turns a store of a family into a larger one in place: it records the new
+config (its id, ``complete: False``, a growth entry) in the attributes first, then resizes every
+array along the particle axis; the new chunks are not done, and :func:`~prnf_core.runner.
+run_dataset` simulates only them. The result is bit-identical to a store created at the new size
+and has its dataset id. A growth killed between the two steps leaves attributes larger than the
+arrays, which the next :func:`grow_dataset` or :func:`create_dataset` with that config completes
+(the resize is idempotent); stored chunks are never touched. Only a store of whole chunks grows
+(a partial last chunk would change content), and a store never shrinks.
+
 The configuration, its id and the content of each chunk are in :mod:`prnf_core.dataset_config`
 (re-exported here).
 """
@@ -29,6 +49,7 @@ The configuration, its id and the content of each chunk are in :mod:`prnf_core.d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +58,12 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from prnf_core._version import __version__
-from prnf_core.dataset_config import DatasetConfig, chunk_seed, simulate_chunk_arrays
+from prnf_core.dataset_config import (
+    DatasetConfig,
+    chunk_seed,
+    family_fields,
+    simulate_chunk_arrays,
+)
 from prnf_core.errors import (
     CorruptChunkError,
     DatasetMismatchError,
@@ -51,6 +77,7 @@ from prnf_core.integrity import (
     digest,
     find_corrupt,
     read_fault,
+    store_lock,
 )
 from prnf_core.simulate import NOISE_GENERATORS, generator_device
 
@@ -61,7 +88,8 @@ ATTR_KEY = "prnf"
 
 __all__ = [  # DatasetConfig, chunk_seed, simulate_chunk_arrays: re-exported
     "ATTR_KEY", "SCHEMA_VERSION", "Dataset", "DatasetConfig", "chunk_seed", "create_dataset",
-    "open_dataset", "read_verified_chunk", "simulate_and_write_chunk", "simulate_chunk_arrays",
+    "grow_dataset", "open_dataset", "read_verified_chunk", "simulate_and_write_chunk",
+    "simulate_chunk_arrays",
 ]
 
 
@@ -84,6 +112,22 @@ class Dataset:
     @property
     def dataset_id(self) -> str:
         return self.meta["dataset_id"]
+
+    @property
+    def created_at(self) -> datetime | None:
+        """When the store was created (UTC); None for stores written before this was kept."""
+        value = self.meta.get("created_at")
+        return None if value is None else datetime.fromisoformat(value)
+
+    @property
+    def role(self) -> str | None:
+        """What the store is for (``"train"``, ``"test"``...); None if never said."""
+        return self.meta.get("role")
+
+    @property
+    def growth(self) -> list[dict[str, Any]]:
+        """The size log: ``{n_particles, n_chunks, at}`` at creation and at each growth."""
+        return list(self.meta.get("growth", []))
 
     @property
     def dim(self) -> int:
@@ -215,11 +259,19 @@ def _open_group(path: str | Path, mode: str) -> zarr.Group:
     return zarr.open_group(str(path), mode=mode, zarr_format=3)
 
 
-def create_dataset(config: DatasetConfig, path: str | Path) -> Dataset:
+def create_dataset(config: DatasetConfig, path: str | Path, role: str | None = None) -> Dataset:
     """Create the store for ``config`` at ``path``, or reopen it if it holds the same config.
 
     An unset noise generator is first fixed to the default device's
-    (:meth:`DatasetConfig.on_device`).
+    (:meth:`DatasetConfig.on_device`). A store whose growth to this config was interrupted
+    (attributes already hold it, arrays still smaller) has its arrays resized; a store of
+    another size is never grown here (see :func:`grow_dataset`).
+
+    Args:
+        config: The dataset configuration.
+        path: Store path.
+        role: What the store is for (``"train"``, ``"test"``...), kept in its attributes;
+            ``None`` keeps the recorded one.
 
     Raises:
         DatasetMismatchError: ``path`` holds another dataset (the differing fields are named),
@@ -229,10 +281,136 @@ def create_dataset(config: DatasetConfig, path: str | Path) -> Dataset:
     path = str(path)
     config = config.on_device(None)
     existing = _existing_group(path)
-    if existing is not None:
+    if existing is None:
+        return _create_store(config, path, role)
+    dataset = Dataset(path, existing)
+    _check_same_config(dataset, config)
+    _fit_arrays(dataset, config)
+    _set_role(dataset, role)
+    return dataset
+
+
+def grow_dataset(config: DatasetConfig, path: str | Path, role: str | None = None,
+                 lock_timeout: float = 0.0) -> Dataset:
+    """Create the store for ``config`` at ``path``, or grow the store of its family there.
+
+    A store of the same family (:meth:`DatasetConfig.family_id`) and of fewer particles is
+    grown to ``config.n_particles`` in place: the attributes get the new config, id,
+    ``complete: False`` and a growth entry first, then every array is resized along the
+    particle axis. Its stored chunks are kept as they are; the new ones are missing, for
+    :func:`~prnf_core.runner.run_dataset` to simulate. The grown store then equals a store
+    created for ``config`` (same id, same data). A store of the same size is reopened (and a
+    growth that was interrupted is completed).
+
+    Holds the store's writer lock (:func:`~prnf_core.integrity.store_lock`) while it works, so
+    do not call it from within a run of the same store.
+
+    Args:
+        config: The configuration to reach.
+        path: Store path.
+        role: As in :func:`create_dataset`.
+        lock_timeout: Seconds to wait while another run writes the store.
+
+    Raises:
+        DatasetMismatchError: ``path`` holds a store of another family (the differing fields
+            are named), a larger one (stores never shrink), one whose last chunk is partial
+            (growing would change it), one of an older schema, or no prnf dataset. Nothing
+            stored is touched.
+        StoreLockedError: another run holds the store's writer lock.
+    """
+    path = str(path)
+    config = config.on_device(None)
+    with store_lock(path, timeout=lock_timeout):
+        existing = _existing_group(path)
+        if existing is None:
+            return _create_store(config, path, role)
         dataset = Dataset(path, existing)
-        _check_same_config(dataset, config)
+        _check_schema(dataset)
+        meta = dataset.meta
+        stored = meta.get("resolved_config", {})
+        _check_fields(dataset, config, family_fields(stored), family_fields(config.resolved()),
+                      "dataset family")
+        size, requested = int(stored["n_particles"]), config.n_particles
+        if requested < size:
+            raise DatasetMismatchError(
+                f"output: {path} holds {size} particles but {requested} were requested; a store "
+                "never shrinks: ask for at least its size, or use another output path"
+            )
+        if requested > size:
+            chunk_size = int(stored["chunk_size"])
+            if size % chunk_size:
+                raise DatasetMismatchError(
+                    f"output: {path} holds {size} particles, not a whole number of chunks of "
+                    f"chunk_size {chunk_size}: growing it to {requested} would change its last "
+                    "chunk; create a new store instead"
+                )
+            _record_growth(dataset, config)
+        _fit_arrays(dataset, config)
+        _set_role(dataset, role)
         return dataset
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _growth_entry(config: DatasetConfig) -> dict[str, Any]:
+    return {"n_particles": config.n_particles, "n_chunks": config.n_chunks, "at": _now()}
+
+
+def _record_growth(dataset: Dataset, config: DatasetConfig) -> None:
+    """Step 1 of a growth: the attributes describe the grown store (arrays follow)."""
+    meta = dataset.meta
+    meta.update({
+        "package_version": __version__,
+        "dataset_id": config.dataset_id(),
+        "config": config.model_dump(mode="json"),
+        "resolved_config": config.resolved(),
+        "problem": config.sde().describe(),
+        "complete": False,
+        "growth": [*meta.get("growth", []), _growth_entry(config)],
+    })
+    dataset.group.attrs[ATTR_KEY] = meta
+
+
+def _fit_arrays(dataset: Dataset, config: DatasetConfig) -> None:
+    """Step 2 of a growth: every array reaches the size of ``config`` (idempotent, only grows).
+
+    New entries take the fill values: NaN data, ``chunk_done`` 0 (missing), checksums 0 (none
+    recorded: only done chunks are verified) and NaN seconds.
+    """
+    group = dataset.group
+    n, n_chunks = config.n_particles, config.n_chunks
+    for name in sorted(group.array_keys()):
+        if name in ("x0", "xT", "snapshots"):
+            axis, size = (1 if name == "snapshots" else 0), n
+        elif name in ("chunk_done", "chunk_seconds") or name.endswith("_checksum"):
+            axis, size = 0, n_chunks
+        else:
+            continue
+        array = group[name]
+        shape = list(array.shape)
+        if shape[axis] == size:
+            continue
+        if shape[axis] > size:
+            raise DatasetMismatchError(
+                f"output: {dataset.path}: array {name} has {shape[axis]} entries along its "
+                f"particle axis but the stored config needs {size}; the store is inconsistent, "
+                "refusing to shrink it"
+            )
+        shape[axis] = size
+        array.resize(tuple(shape))
+
+
+def _set_role(dataset: Dataset, role: str | None) -> None:
+    if role is None or dataset.meta.get("role") == role:
+        return
+    meta = dataset.meta
+    meta["role"] = role
+    dataset.group.attrs[ATTR_KEY] = meta
+
+
+def _create_store(config: DatasetConfig, path: str, role: str | None) -> Dataset:
     sde = config.sde()
     group = _open_group(path, "w-")
     n, d, cs = config.n_particles, sde.dim, config.chunk_size
@@ -261,6 +439,9 @@ def create_dataset(config: DatasetConfig, path: str | Path) -> Dataset:
         "resolved_config": config.resolved(),
         "problem": sde.describe(),
         "complete": False,
+        "created_at": _now(),
+        "role": role,
+        "growth": [_growth_entry(config)],
     }
     return Dataset(path, group)
 
@@ -286,7 +467,7 @@ def _existing_group(path: str) -> zarr.Group | None:
     return group
 
 
-def _check_same_config(dataset: Dataset, config: DatasetConfig) -> None:
+def _check_schema(dataset: Dataset) -> None:
     meta = dataset.meta
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise DatasetMismatchError(
@@ -296,11 +477,27 @@ def _check_same_config(dataset: Dataset, config: DatasetConfig) -> None:
             "noise generator): it still reads, but is not resumed or repaired; choose another "
             "output path"
         )
-    if meta["dataset_id"] == config.dataset_id():
+
+
+def _check_same_config(dataset: Dataset, config: DatasetConfig) -> None:
+    _check_schema(dataset)
+    if dataset.meta["dataset_id"] == config.dataset_id():
         return
-    stored = meta.get("resolved_config", {})
-    new = config.resolved()
+    _check_fields(dataset, config, dataset.meta.get("resolved_config", {}), config.resolved(),
+                  "config")
+    raise DatasetMismatchError(
+        f"output: {dataset.path} holds dataset {dataset.meta['dataset_id']}, not "
+        f"{config.dataset_id()}; choose another output path or the same config"
+    )
+
+
+def _check_fields(dataset: Dataset, config: DatasetConfig, stored: dict[str, Any],
+                  new: dict[str, Any], what: str) -> None:
+    """Refuse, naming the fields, when the resolved fields ``stored`` and ``new`` differ."""
+    meta = dataset.meta
     diff = sorted(k for k in set(stored) | set(new) if stored.get(k) != new.get(k))
+    if not diff:
+        return
     if diff == ["noise_generator"] and stored.get("noise_generator") in NOISE_GENERATORS:
         raise DatasetMismatchError(
             f"output: {dataset.path} was simulated with noise generator "
@@ -311,8 +508,8 @@ def _check_same_config(dataset: Dataset, config: DatasetConfig) -> None:
         )
     details = "; ".join(f"{k}: stored {stored.get(k)!r}, requested {new.get(k)!r}" for k in diff)
     raise DatasetMismatchError(
-        f"output: {dataset.path} holds dataset {meta['dataset_id']} with another config "
-        f"({details}); choose another output path or the same config"
+        f"output: {dataset.path} holds dataset {meta['dataset_id']} with another {what} "
+        f"({details}); choose another output path or the same {what}"
     )
 
 

@@ -169,8 +169,36 @@ class DatasetConfig(BaseModel):
         }
 
     def dataset_id(self) -> str:
-        canonical = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _short_hash(self.resolved())
+
+    def family_id(self) -> str:
+        """The id of the dataset family: :meth:`resolved` without ``n_particles``.
+
+        Every config of a family gives chunk ``i`` the same content (its seeds depend only on
+        ``seed`` and ``i``), so the stores of a family differ only in how many chunks they
+        hold, and a store can grow within its family (:func:`prnf_core.dataset.grow_dataset`).
+
+        >>> small = DatasetConfig(problem="bm1d", n_particles=200, chunk_size=100)
+        >>> large = DatasetConfig(problem="bm1d", n_particles=400, chunk_size=100)
+        >>> len(small.family_id()), small.family_id() == large.family_id()
+        (16, True)
+        >>> small.dataset_id() == large.dataset_id()
+        False
+        >>> small.family_id() == DatasetConfig(problem="bm1d", n_particles=200, chunk_size=100,
+        ...                                    seed=1).family_id()
+        False
+        """
+        return _short_hash(family_fields(self.resolved()))
+
+
+def family_fields(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a resolved config that fix its family (all but ``n_particles``)."""
+    return {k: v for k, v in resolved.items() if k != "n_particles"}
+
+
+def _short_hash(fields: dict[str, Any]) -> str:
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def chunk_seed(seed: int, index: int) -> np.random.SeedSequence:

@@ -43,6 +43,11 @@ def default_dataset_path(problem: str, dataset_id: str) -> Path:
     return data_root() / "datasets" / f"{problem}-{dataset_id}.zarr"
 
 
+def default_family_path(problem: str, family_id: str) -> Path:
+    """Where the growing store of a dataset family lives (see ``DatasetConfig.family_id``)."""
+    return data_root() / "datasets" / f"{problem}-family-{family_id}.zarr"
+
+
 def is_url(value: str) -> bool:
     """Whether ``value`` starts with a URL scheme (``s3://``, ``http://``, ``models:/``)."""
     return bool(_URL.match(value))
