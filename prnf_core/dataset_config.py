@@ -8,7 +8,9 @@ The dataset id hashes everything that fixes the bits (:meth:`DatasetConfig.resol
 the configuration, the noise generator (``numpy-sfc64``, ``torch-cpu`` or ``torch-cuda``, a
 function of device and dtype, fixed from the execution device when a run starts) and, for a
 ``samples_file`` initial law, the SHA-256 of the file's bytes. A store is resumed only with the
-generator it was started with, never mixing two noise streams.
+generator it was started with, never mixing two noise streams. The family id
+(:meth:`DatasetConfig.family_id`) hashes the same fields but the size: chunk ``i`` is the same in
+every config of a family, which is what lets a store grow (:func:`prnf_core.dataset.grow_dataset`).
 
 >>> from prnf_core.dataset_config import DatasetConfig
 >>> cfg = DatasetConfig(problem="bm1d", n_particles=1000, chunk_size=250)

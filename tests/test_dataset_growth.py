@@ -11,6 +11,8 @@ import zarr
 import prnf_core.dataset
 from prnf_core import DatasetConfig, DatasetMismatchError, run_dataset
 from prnf_core.dataset import ATTR_KEY, create_dataset, grow_dataset, open_dataset
+from prnf_core.errors import StoreLockedError
+from prnf_core.integrity import store_lock
 from prnf_core.paths import default_family_path
 
 
@@ -231,3 +233,11 @@ def test_older_store_without_the_new_attributes(tmp_path):
     assert grown.created_at is None
     assert [e["n_particles"] for e in grown.growth] == [400]
     assert run_dataset(family_config(n_particles=400), path).chunks_simulated == 2
+
+
+def test_growth_waits_for_no_running_writer(tmp_path):
+    path = tmp_path / "family.zarr"
+    run_dataset(family_config(), path)
+    with store_lock(path), pytest.raises(StoreLockedError):
+        grow_dataset(family_config(n_particles=400), path)
+    assert open_dataset(path).n_particles == 200
