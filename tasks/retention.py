@@ -83,7 +83,11 @@ def prune_registry(client: MlflowClient, name: str, keep_last: int,
     Returns one dict per deleted version: ``version``, ``model_id`` (or None), ``model_dir``
     (or None), ``deleted`` (what was removed, among ``"version"``, ``"logged_model"``,
     ``"artifacts"``, ``"model_dir"``) and ``skipped`` (what was left in place, and why).
-    Nothing is deleted when ``name`` is not a registered model.
+    Nothing is deleted when ``name`` is not a registered model. The aliases are read again
+    before each deletion: a version aliased meanwhile (by a concurrent run) is kept. A version
+    is deleted first, then its logged model and files: an interruption can leave files of a
+    deleted version behind (``mlflow gc`` removes a deleted logged model's artifacts), never a
+    version without its files.
     """
     if keep_last < 1:
         raise ValueError("keep_last must be at least 1")
@@ -114,6 +118,8 @@ def prune_registry(client: MlflowClient, name: str, keep_last: int,
     done_models: set[str] = set()
     report = []
     for number, version in doomed_versions.items():
+        if str(number) in map(str, client.get_registered_model(name).aliases.values()):
+            continue  # aliased since the listing (by a concurrent run or by hand): kept
         model_id, model_dir = _model_id(version), _model_dir(version)
         logged = _logged_model(client, model_id)
         if model_dir is None and logged is not None:
