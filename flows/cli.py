@@ -142,6 +142,10 @@ def validate(
     show.validated(sup.run_with_progress(validate_flow, params), model)
 
 
+#: The exit code of `prnf health` for a degraded champion: neither bad input (2) nor a crash (1).
+HEALTH_DEGRADED_EXIT = 3
+
+
 @app.command()
 def health(
     model: Annotated[str | None, typer.Argument(
@@ -171,9 +175,6 @@ def health(
         sup.fail(str(exc), code=HEALTH_DEGRADED_EXIT)
     show.health(result)
 
-
-#: The exit code of `prnf health` for a degraded champion: neither bad input (2) nor a crash (1).
-HEALTH_DEGRADED_EXIT = 3
 
 
 @app.command()

@@ -2,7 +2,7 @@
 health series, fail visibly when it degraded.
 
 The champion (``models:/<model>@champion``) is validated on test sets simulated with a *fresh*
-seed (so a model is never only ever judged on the data it was selected on) and its metrics are
+seed (not only the shared test sets it was selected on), and its metrics are
 compared with those recorded at its registration (:func:`tasks.health.degradations`). Every
 check logs one point to the model's health run in MLflow (:mod:`tasks.health`), then the flow
 raises :class:`~tasks.health.ChampionDegradedError` when a metric degraded beyond noise or the

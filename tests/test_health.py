@@ -167,6 +167,9 @@ def test_health_series_passes_then_fails_on_a_degraded_champion(prefect_harness)
     assert first["run_id"] == second["run_id"] and first["version"] == trained["version"]
     assert first["seed"] == 11 and set(first["metrics"]) >= {"val/gaussian/kl",
                                                              "val/gaussian/sw_ratio"}
+    from flows import cli_output
+
+    cli_output.health(second)  # what `prnf health` prints for a healthy champion
     client = tracking.configure()
     run_id = first["run_id"]
     history = client.get_metric_history(run_id, POINT_METRIC)
@@ -192,3 +195,31 @@ def test_health_series_passes_then_fails_on_a_degraded_champion(prefect_harness)
         float(trained["version"]), float(trained["version"]), float(bad)]
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["health.last_verdict"] == "degraded"
+
+
+def test_cli_maps_options_and_exits_3_when_degraded(monkeypatch, tmp_path):
+    import prefect.main  # noqa: F401  binds Prefect's log handler to stderr now, not to CliRunner's
+    from typer.testing import CliRunner
+
+    from flows.cli import HEALTH_DEGRADED_EXIT, app
+
+    seen = {}
+
+    def degraded(run, params):
+        seen["params"] = params
+        raise ChampionDegradedError(params.model, "4", ["val/gaussian/kl: 0.41 now vs 0.012"])
+
+    monkeypatch.setattr("flows.cli_support.run_with_progress", degraded)
+    config = tmp_path / "h.yaml"
+    config.write_text("n_se: 2.5\nvalidation: {n_samples: 300, bootstrap: 0}\n")
+    result = CliRunner().invoke(app, ["health", "prnf-bm1d", "--seed", "7", "--n-samples",
+                                      "200", "--config", str(config), "--set",
+                                      "execution.workers=0"])
+    assert result.exit_code == HEALTH_DEGRADED_EXIT == 3, result.output
+    assert "champion prnf-bm1d v4 degraded: val/gaussian/kl" in result.output
+    params = seen["params"]
+    assert (params.model, params.seed, params.n_se) == ("prnf-bm1d", 7, 2.5)
+    assert (params.validation.n_samples, params.validation.bootstrap) == (200, 0)
+    assert params.execution.workers == 0
+    result = CliRunner().invoke(app, ["health", "models:/prnf-ou@champion"])
+    assert result.exit_code == 2 and "registered model name" in result.output

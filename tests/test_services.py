@@ -394,11 +394,17 @@ def deployed(stack):
                                                                   {})}
     nightly = deployments["pipeline/pipeline-nightly"]
     schedules = {s["id"]: s for s in nightly["schedules"]}
-    for schedule_id in schedules:
-        paused = run([BIN / "prefect", "deployment", "schedule", "pause",
-                      "pipeline/pipeline-nightly", schedule_id], env, timeout=120)
-        assert paused.returncode == 0, output_tail(paused)
-    return {"deployments": deployments, "schedules_at_deploy": list(schedules.values())}
+    health = deployments["champion-health/champion-health"]
+    health_schedules = {s["id"]: s for s in health["schedules"]}
+    # no scheduled run may fire during the tests: pause every scheduled deployment
+    for name, ids in [("pipeline/pipeline-nightly", schedules),
+                      ("champion-health/champion-health", health_schedules)]:
+        for schedule_id in ids:
+            paused = run([BIN / "prefect", "deployment", "schedule", "pause", name,
+                          schedule_id], env, timeout=120)
+            assert paused.returncode == 0, output_tail(paused)
+    return {"deployments": deployments, "schedules_at_deploy": list(schedules.values()),
+            "health_schedules_at_deploy": list(health_schedules.values())}
 
 
 def _full_name(stack: Stack, deployment: dict) -> str:
@@ -415,12 +421,15 @@ def _flow_runs(stack: Stack, deployment_id: str, states: list[str] | None = None
 
 def test_deploy_all_creates_every_deployment_of_prefect_yaml(stack, deployed):
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    expected = {d["entrypoint"].rsplit(":", 1)[1].removesuffix("_flow") + "/" + d["name"]
-                for d in spec["deployments"]}
+    flow_names = {"health": "champion-health"}  # a flow named otherwise than its function
+    expected = set()
+    for d in spec["deployments"]:
+        function = d["entrypoint"].rsplit(":", 1)[1].removesuffix("_flow")
+        expected.add(flow_names.get(function, function) + "/" + d["name"])
     deployments = deployed["deployments"]
     assert set(deployments) == expected == {
         "pipeline/pipeline-nightly", "simulate/simulate", "train/train", "validate/validate",
-        "sample/sample", "reproduce/reproduce"}
+        "sample/sample", "reproduce/reproduce", "champion-health/champion-health"}
     for name, d in deployments.items():
         assert d["work_pool_name"] == "prnf-process", name
         assert d["enforce_parameter_schema"] is True, name
@@ -434,6 +443,12 @@ def test_deploy_all_creates_every_deployment_of_prefect_yaml(stack, deployed):
     assert [s["active"] for s in nightly["schedules"]] == [False]  # paused
     # pausing removed the runs the scheduler had created for 02:00 UTC
     assert _flow_runs(stack, nightly["id"], ["SCHEDULED"]) == []
+    assert [(s["schedule"]["cron"], s["schedule"]["timezone"], s["active"])
+            for s in deployed["health_schedules_at_deploy"]] == [("30 3 * * *", "UTC", True)]
+    health = stack.prefect(
+        "GET", f"/deployments/{deployments['champion-health/champion-health']['id']}")
+    assert [s["active"] for s in health["schedules"]] == [False]  # paused
+    assert _flow_runs(stack, health["id"], ["SCHEDULED"]) == []
 
 
 def _deployment_run(stack: Stack, params: dict, *extra: str, timeout: float = 120):
