@@ -127,6 +127,32 @@ def pipeline_training(**fields: Any) -> TrainConfig:
     return TrainConfig.model_validate(with_pipeline_defaults(fields))
 
 
+class RetentionConfig(BaseModel):
+    """How much a scheduled pipeline keeps of its registered versions and test sets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_last: int = Field(
+        5, ge=1, description="Model versions kept: the ones holding the champion or challenger "
+        "alias, and this many of the highest version numbers.")
+    test_set_max_age_days: float | None = Field(
+        14, ge=0, description="Delete MC test sets older than this many days (never the fixed "
+        "regression sets nor those the champion needs); empty: keep test sets forever.")
+    delete_model_dirs: bool = Field(
+        True, description="Also delete the local trained model directory of a deleted "
+        "version (its `model_dir` tag), unless a kept version uses it.")
+
+
+class FineTuneConfig(BaseModel):
+    """How a warm-started challenger is fine-tuned from the champion's weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=1, description="Epochs of fine-tuning on the (grown) data.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate of fine-tuning (the "
+                                              "training schedule's shape is kept).")
+
+
 class PipelineParams(BaseModel):
     """Simulate -> train -> validate -> register/promote, in one form."""
 
@@ -160,6 +186,42 @@ class PipelineParams(BaseModel):
     use_registry: bool = Field(
         True, description="Register the model in MLflow and apply the promotion gate."
     )
+    grow_to: int | None = Field(
+        None, gt=0,
+        description="Scheduled runs: cap of a growing training set. When set, the training "
+                    "data is one dataset family (this configuration, any size): each run adds "
+                    "grow_by particles of new chunks (seeds SeedSequence(seed, (chunk,))) until "
+                    "it holds grow_to; None: one fixed store of n_train particles.",
+    )
+    grow_by: int | None = Field(
+        None, gt=0, description="Particles added per run when grow_to is set (whole chunks); "
+                                "default: n_train.",
+    )
+    warm_start: bool = Field(
+        False,
+        description="Start the challenger from the champion's weights when the champion has "
+                    "the same architecture and configuration fingerprint, fine-tuning with the "
+                    "fine_tune settings; otherwise train from scratch. The choice is logged.",
+    )
+    fine_tune: FineTuneConfig = Field(
+        default_factory=FineTuneConfig, description="Optimizer settings of a warm start."
+    )
+    fresh_test_set: bool = Field(
+        False,
+        description="Also simulate a fresh test set per law with this run's seed (fresh_seed): "
+                    "champion and challenger are scored on it (the promotion is decided there, "
+                    "so no model is selected on one test set forever) and on the fixed "
+                    "regression set (validation.seed, comparable across runs); both recorded. "
+                    "The champion's fresh scores also go to its health series.",
+    )
+    fresh_seed: int | None = Field(
+        None, ge=0, description="Seed of the fresh test set; default: drawn from the clock and "
+                                "recorded in the run.",
+    )
+    retention: RetentionConfig | None = Field(
+        None, description="What to delete after the run (old model versions and test sets); "
+                          "None: keep everything.",
+    )
 
     @field_validator("training", mode="before")
     @classmethod
@@ -175,23 +237,40 @@ class PipelineParams(BaseModel):
             raise ValueError(f"model.dim: {self.model.dim} but problem {self.problem!r} has "
                              f"dimension {sde.dim}")
         self.training_dataset()  # validates T, dt, sizes against the problem
+        self._check_growth()
         for name, law in self.validation.resolved_laws(self.problem, self.problem_params).items():
             if law.dim != sde.dim:
                 raise ValueError(f"validation.laws.{name}: dimension {law.dim}, problem "
                                  f"{self.problem!r} has dimension {sde.dim}")
         return self
 
+    def _check_growth(self) -> None:
+        if self.grow_to is None:
+            if self.grow_by is not None:
+                raise ValueError("grow_by: only used with grow_to (the cap); set grow_to too")
+            return
+        for name in ("n_train", "grow_by", "grow_to"):
+            value = getattr(self, name)
+            if value is not None and value % self.chunk_size:
+                raise ValueError(f"{name}: {value} is not a whole number of chunks of "
+                                 f"chunk_size={self.chunk_size} (a growing store adds whole "
+                                 "chunks, so that chunk i is the same at any size)")
+        if self.grow_to < self.n_train:
+            raise ValueError(f"grow_to: {self.grow_to} is below n_train={self.n_train}")
+
     def training_dataset(self) -> DatasetConfig:
         return DatasetConfig(problem=self.problem, problem_params=self.problem_params,
                              n_particles=self.n_train, chunk_size=self.chunk_size,
                              t_end=self.t_end, dt=self.dt, seed=self.seed, dtype=self.dtype)
 
-    def test_dataset(self, law: InitialSpec) -> DatasetConfig:
-        """The MC test set of one law: two independent halves of ``n_samples`` each."""
+    def test_dataset(self, law: InitialSpec, seed: int | None = None) -> DatasetConfig:
+        """The MC test set of one law: two independent halves of ``n_samples`` each, drawn
+        with ``seed`` (default: ``validation.seed``, the fixed regression set)."""
         return DatasetConfig(problem=self.problem, problem_params=self.problem_params,
                              initial=law, n_particles=2 * self.validation.n_samples,
                              chunk_size=self.validation.chunk_size, t_end=self.t_end, dt=self.dt,
-                             seed=self.validation.seed, dtype=self.dtype)
+                             seed=self.validation.seed if seed is None else seed,
+                             dtype=self.dtype)
 
 
 def pipeline_for_model(source: str, meta: dict[str, Any], check: CheckParams) -> PipelineParams:

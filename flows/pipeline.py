@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +31,37 @@ from prefect.logging import get_run_logger
 from flows.config import PipelineParams
 from flows.train import TrainParams, default_model_dir
 from prnf_core.dataset import open_dataset
-from prnf_core.models import load_metadata
+from prnf_core.models import ModelConfig, load_metadata
 from prnf_core.paths import data_root
+from prnf_core.train import TrainConfig
 from prnf_core.verdict import Fingerprint
-from tasks import registry, tracking
-from tasks.pyfunc import log_surrogate
+from tasks import health, registry, tracking
+from tasks.growth import TrainingPlan, grow_training_set, plan_training_set, training_chunks
+from tasks.health import ChampionDegradedError
+from tasks.pyfunc import load_surrogate, log_surrogate
+from tasks.retention import prune_registry, prune_test_sets
 from tasks.simulate import prepare_dataset, simulate_chunks
 from tasks.train import train_model
 from tasks.validate import simulate_test_sets, validate_surrogate
 
 
-@flow(name="pipeline", log_prints=True)
+def _flow_run_name() -> str:
+    """The Prefect flow run's name: what the run will do (:func:`run_name`), planned from its
+    parameters before it starts; parameters that do not validate get a plain name (the run
+    then fails on them with the field named)."""
+    from prefect.runtime import flow_run
+
+    raw = flow_run.parameters.get("params")
+    try:
+        params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw)
+        config = params.training_dataset().on_device(params.execution.device)
+        return run_name(params.problem, plan_training_set(config, params.grow_to,
+                                                          params.grow_by))
+    except Exception:
+        return f"pipeline-{datetime.now(UTC).date().isoformat()}"
+
+
+@flow(name="pipeline", log_prints=True, flow_run_name=_flow_run_name)
 def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
     """Run the whole pipeline on ``params``; return a small summary (ids, paths, metrics)."""
     logger = get_run_logger()
@@ -105,32 +127,53 @@ def _run(params: PipelineParams, client, experiment: str, parent: str, logger,
          kept: dict[str, str]) -> dict[str, Any]:
     tracking.log_params(client, parent, params.model_dump(mode="json"))
     dataset_cfg = params.training_dataset().on_device(params.execution.device)  # its generator
+    plan = plan_training_set(dataset_cfg, params.grow_to, params.grow_by)
+    chunks = training_chunks(plan)
+    tracking.set_tags(client, parent, {"mlflow.runName": run_name(params.problem, plan),
+                                       "data.action": plan.action})
 
-    # 1. simulate (reused when a complete store with the same id exists)
+    # 1. simulate: a fixed store (reused when complete), or the family store, grown
     with tracking.child_run(client, experiment, "simulate", parent) as run_id:
-        prepared = prepare_dataset(dataset_cfg, None)
-        sim = simulate_chunks(dataset_cfg, prepared["path"], params.execution)
+        if plan.family_id is None:
+            prepare_dataset(dataset_cfg, plan.path)
+        else:
+            grow_training_set(dataset_cfg, plan)
+        dataset_cfg = dataset_cfg.model_copy(update={"n_particles": plan.n_particles})
+        sim = simulate_chunks(dataset_cfg, plan.path, params.execution)
         kept["dataset"] = sim["path"]
         dataset = open_dataset(sim["path"])
-        tracking.log_params(client, run_id, {"dataset": dataset_cfg.resolved()})
-        tracking.set_tags(client, run_id, {"dataset_id": sim["dataset_id"],
-                                           "dataset_path": sim["path"]})
+        tracking.log_params(client, run_id, {"dataset": dataset_cfg.resolved(), **chunks})
+        data_tags = {"dataset_id": sim["dataset_id"], "dataset_path": sim["path"],
+                     "data.n_particles": plan.n_particles, "data.n_before": plan.n_before,
+                     **({"data.family_id": plan.family_id} if plan.family_id else {})}
+        tracking.set_tags(client, run_id, data_tags)
         tracking.log_metrics(client, run_id, {
             "chunks_simulated": sim["chunks_simulated"],
             "chunks_reused": sim["chunks_already_done"],
+            "n_particles": plan.n_particles,
             "simulation_seconds": dataset.simulation_seconds(),
             "wall_seconds": sim["seconds"]})
-    tracking.set_tags(client, parent, {"dataset_id": sim["dataset_id"],
-                                       "dataset_path": sim["path"]})
+    tracking.set_tags(client, parent, {**data_tags, **chunks})
 
-    # 2. train, and log the surrogate as a pyfunc model
-    train_params = TrainParams(data=sim["path"], model=params.model, training=params.training)
+    # 2. train (from scratch, or fine-tuning the champion), log the surrogate as pyfunc
+    name = registry.model_name(Fingerprint.of(params.problem, params.problem_params,
+                                              dataset_cfg.horizon))
+    init_from, start_note = _warm_start(params, client, name, dataset_cfg)
+    training = params.training
+    if init_from is not None:
+        training = training.model_copy(update={"epochs": params.fine_tune.epochs,
+                                               "iterations": None, "lr": params.fine_tune.lr})
+    logger.info("training: %s", start_note)
+    tracking.set_tags(client, parent, {"warm_start": start_note})
+    train_params = TrainParams(data=sim["path"], model=params.model, training=training)
     model_dir = default_model_dir(train_params) + f"-{parent[:8]}"
     with tracking.child_run(client, experiment, "train", parent) as run_id:
         tracking.log_params(client, run_id, {"model": params.model.model_dump(mode="json"),
-                                             "training": params.training.model_dump(mode="json"),
-                                             "dataset_id": sim["dataset_id"]})
-        summary = _train(sim["path"], params, model_dir, run_id, logger)
+                                             "training": training.model_dump(mode="json"),
+                                             "dataset_id": sim["dataset_id"],
+                                             "init_from": init_from or "none"})
+        tracking.set_tags(client, run_id, {"warm_start": start_note})
+        summary = _train(sim["path"], params, training, model_dir, run_id, logger, init_from)
         kept["model_dir"] = model_dir
         tracking.log_metrics(client, run_id, {
             "best_val_nll": summary["best_val_nll"], "epochs_run": summary["epochs_run"],
@@ -139,12 +182,49 @@ def _run(params: PipelineParams, client, experiment: str, parent: str, logger,
         tracking.log_artifacts(client, run_id, [Path(model_dir) / "summary.json",
                                                 Path(model_dir) / "history.json"])
         model_uri = log_surrogate(model_dir, run_id, dataset.load("x0")[:5])
+    extra_tags = {**chunks, "data.n_particles": plan.n_particles, "warm_start": start_note,
+                  "training_fingerprint": summary["training_fingerprint"]}
     return validate_and_register(params, client, experiment, parent, model_dir, model_uri,
-                                 train_seconds=summary["seconds"] + dataset.simulation_seconds())
+                                 train_seconds=summary["seconds"] + dataset.simulation_seconds(),
+                                 extra_tags=extra_tags)
 
 
-def _train(data: str, params: PipelineParams, model_dir: str, run_id: str, logger
-           ) -> dict[str, Any]:
+def run_name(problem: str, plan: TrainingPlan, day: date | None = None) -> str:
+    """What a run did, as its name: ``ou-night-2026-12-01-grow-40k`` (growing data),
+    ``ou-run-2026-12-01-fixed-20k`` (a fixed store)."""
+    kind = "run" if plan.family_id is None else "night"
+    return f"{problem}-{kind}-{(day or datetime.now(UTC).date()).isoformat()}-{plan.action}"
+
+
+def _warm_start(params: PipelineParams, client, name: str, dataset_cfg
+                ) -> tuple[str | None, str]:
+    """The model URI to fine-tune from (the champion's version, pinned) and why, or None and
+    why training starts from scratch."""
+    if not params.warm_start:
+        return None, "from scratch (warm_start is off)"
+    if not params.use_registry:
+        return None, "from scratch (no registry: use_registry is off)"
+    champion = registry.champion_version(client, name)
+    if champion is None:
+        return None, f"from scratch ({name} has no champion yet)"
+    source = f"models:/{name}/{champion.version}"
+    meta = load_surrogate(source).metadata
+    ours = Fingerprint.of(params.problem, params.problem_params, dataset_cfg.horizon)
+    differences = Fingerprint.of_model(meta).differences(ours)
+    model = params.model.for_problem(dataset_cfg.sde())
+    theirs = ModelConfig.model_validate(meta["model"]).model_dump(mode="json", exclude={"preset"})
+    mine = model.model_dump(mode="json", exclude={"preset"})
+    differences += [f"model.{k}: {theirs.get(k)!r} != {mine.get(k)!r}"
+                    for k in sorted(theirs.keys() | mine.keys()) if theirs.get(k) != mine.get(k)]
+    if differences:
+        return None, (f"from scratch (champion v{champion.version} differs: "
+                      + "; ".join(differences) + ")")
+    return source, (f"warm start from champion v{champion.version} ({params.fine_tune.epochs} "
+                    f"epochs at lr {params.fine_tune.lr:g})")
+
+
+def _train(data: str, params: PipelineParams, training: TrainConfig, model_dir: str,
+           run_id: str, logger, init_from: str | None) -> dict[str, Any]:
     """Train with live metrics in the MLflow run ``run_id``. If the tracking server stops
     answering, resume from the last epoch checkpoint (model, optimizer and RNG state restored),
     with live metrics again only if the server answers again, and at last without.
@@ -153,8 +233,8 @@ def _train(data: str, params: PipelineParams, model_dir: str, run_id: str, logge
     tracking_run_id: str | None = run_id
     for attempt in range(3):
         try:
-            return train_model(data, params.model, params.training, model_dir,
-                               tracking_run_id=tracking_run_id)
+            return train_model(data, params.model, training, model_dir,
+                               tracking_run_id=tracking_run_id, init_from=init_from)
         except Exception as exc:
             if tracking_run_id is None or not tracking.is_unavailable(exc):
                 raise
@@ -168,41 +248,57 @@ def _train(data: str, params: PipelineParams, model_dir: str, run_id: str, logge
 
 
 def validate_and_register(params: PipelineParams, client, experiment: str, parent: str,
-                          model_dir: str, model_uri: str, train_seconds: float
-                          ) -> dict[str, Any]:
-    """Steps 3 and 4: validate on fresh MC test sets (the champion too), register, promote."""
+                          model_dir: str, model_uri: str, train_seconds: float,
+                          extra_tags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Steps 3 and 4: validate on MC test sets (the champion too), register, promote; then the
+    champion's health point and the retention policy, when the parameters ask for them.
+
+    The gate and the promotion are decided on the fresh test sets when ``fresh_test_set`` is
+    on (drawn with this run's seed), else on the fixed regression sets (``validation.seed``);
+    with fresh sets the regression sets are scored too and recorded (``regression/...``).
+    """
     logger = get_run_logger()
     meta = load_metadata(model_dir)
     laws = params.validation.resolved_laws(params.problem, params.problem_params)
-    test_cfgs = {name: params.test_dataset(law) for name, law in laws.items()}
     fingerprint = Fingerprint.of_model(meta)
     name = registry.model_name(fingerprint)
     champion = registry.champion_version(client, name) if params.use_registry else None
     champion_ref = f"models:/{name}@{registry.CHAMPION}" if champion is not None else None
     report_dir = data_root() / "reports" / parent
+    fresh_seed = None
+    if params.fresh_test_set:
+        fresh_seed = params.fresh_seed if params.fresh_seed is not None else _clock_seed()
+        tracking.set_tags(client, parent, {"fresh_seed": fresh_seed})
     with tracking.child_run(client, experiment, "validate", parent) as run_id:
-        test_sets = simulate_test_sets(test_cfgs, params.execution)
-        validation = validate_surrogate(
-            model_dir, test_sets, {k: v.model_dump(mode="json") for k, v in laws.items()},
-            params.validation.n_samples, params.validation.seed,
-            params.validation.max_kl, params.validation.max_sw_ratio,
-            train_seconds=train_seconds, report_dir=str(report_dir),
-            bootstrap=params.validation.bootstrap, champion_ref=champion_ref,
-            history=training_history(model_dir))
-        tracking.log_metrics(client, run_id, validation["metrics"])
-        tracking.log_metrics(client, run_id, {"score": validation["score"],
-                                              "score_stderr": validation["score_stderr"],
-                                              "passed": float(validation["passed"])})
-        test_ids = {f"test_set.{k}": open_dataset(p).dataset_id for k, p in test_sets.items()}
-        tracking.set_tags(client, run_id, test_ids)
+        validation, test_ids, _ = _score(params, laws, fresh_seed, model_dir, champion_ref,
+                                         train_seconds, report_dir)
+        _log_validation(client, run_id, validation, test_ids, "")
+        regression, fixed_sets = validation, _
+        if fresh_seed is not None:
+            regression, regression_ids, fixed_sets = _score(
+                params, laws, None, model_dir, champion_ref, train_seconds,
+                report_dir / "regression")
+            _log_validation(client, run_id, regression, regression_ids, "regression/")
+            test_ids.update({f"regression/{k}": v for k, v in regression_ids.items()})
         tracking.log_artifacts(client, run_id, validation["files"], "report")
     tracking.log_metrics(client, parent, {"score": validation["score"],
                                           "passed": float(validation["passed"])})
 
     promotion: dict[str, Any] = {"promoted": False, "decision": "registration disabled",
                                  "champion_uri": None, "champion_version": None}
-    version = None
+    version, duplicate = None, None
     if params.use_registry:
+        duplicate = registry.same_weights(client, name, model_dir)
+    if duplicate is not None:
+        current = registry.champion_version(client, name)
+        promotion = {"promoted": False,
+                     "decision": f"not registered: bit-identical to v{duplicate.version} "
+                                 "(same weights digest)",
+                     "champion_version": str(current.version) if current else None,
+                     "champion_uri": champion_ref}
+        tracking.set_tags(client, parent, {"promotion": promotion["decision"],
+                                           "duplicate_of": duplicate.version})
+    elif params.use_registry:
         tags = {"dataset_id": meta["dataset_id"], "problem": params.problem,
                 "fingerprint": json.dumps(fingerprint.as_dict(), sort_keys=True),
                 "fingerprint_digest": fingerprint.digest,
@@ -210,16 +306,18 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
                 "validation_rule": validation["rule"], "score": validation["score"],
                 "score_stderr": validation["score_stderr"],
                 "score_name": validation["score_name"], "pipeline_run_id": parent,
-                **test_ids,
-                **{k: f"{v:.6g}" for k, v in validation["metrics"].items()
-                   if k.endswith(("kl", "kl_stderr", "energy_ratio", "sw_ratio",
-                                  "sw_ratio_stderr", "c2st_acc"))}}
+                **test_ids, **(extra_tags or {}),
+                **({"fresh_seed": fresh_seed} if fresh_seed is not None else {}),
+                **_metric_tags(validation["metrics"], ""),
+                **(_metric_tags(regression["metrics"], "regression/")
+                   if regression is not validation else {})}
         version = registry.register(client, model_uri, name, parent, tags)
         client.set_registered_model_tag(name, "fingerprint", tags["fingerprint"])
         promotion = registry.promote_if_better(client, name, version, validation,
                                                params.validation.promotion_n_se)
         tracking.set_tags(client, parent, {"model_version": version,
                                            "promotion": promotion["decision"]})
+    champion_after = _champion_scores(validation, regression, promotion)
 
     result = {
         "problem": params.problem, "dataset_id": meta["dataset_id"],
@@ -230,15 +328,139 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
         "passed": validation["passed"], "failures": validation["failures"],
         "champion_score": validation["champion_score"],
         "champion_score_stderr": validation["champion_score_stderr"], **promotion,
+        "duplicate_of": None if duplicate is None else str(duplicate.version),
+        "fresh_seed": fresh_seed, "regression_score": regression["score"],
+        "regression_score_stderr": regression["score_stderr"], **champion_after,
         "report_dir": str(report_dir),
         "metrics": {k: v for k, v in validation["metrics"].items()
                     if k.endswith(("kl", "energy_ratio", "sw_ratio", "c2st_acc", "_z"))
                     or k.startswith("cost/")},
         "tracking_uri": tracking.tracking_uri(),
     }
+    if params.use_registry and fresh_seed is not None and promotion["champion_version"]:
+        result["health"] = _health_point(client, experiment, name, promotion, validation,
+                                         fresh_seed, logger)
+    if params.use_registry and params.retention is not None:
+        result["retention"] = _retention(params, client, name, parent, fixed_sets, duplicate,
+                                         model_dir, logger)
     _report_artifact(result, validation["report_markdown"], experiment)
     logger.info("score %.4g, %s", result["score"], promotion["decision"])
+    if result.get("health", {}).get("degraded"):
+        raise ChampionDegradedError(name, promotion["champion_version"],
+                                    result["health"]["degraded"])
     return result
+
+
+def _clock_seed() -> int:
+    """A fresh seed from the clock (recorded by the caller)."""
+    return time.time_ns() % (2 ** 31)
+
+
+def _score(params: PipelineParams, laws: dict, mc_seed: int | None, model_dir: str,
+           champion_ref: str | None, train_seconds: float, report_dir: Path
+           ) -> tuple[dict[str, Any], dict[str, str], set[str]]:
+    """Validate the model (and the champion) on the test sets drawn with ``mc_seed`` (None:
+    the fixed ``validation.seed``); the validation, the test sets' ids and their paths."""
+    seed = params.validation.seed if mc_seed is None else mc_seed
+    test_cfgs = {law: params.test_dataset(spec, seed) for law, spec in laws.items()}
+    test_sets = simulate_test_sets(test_cfgs, params.execution)
+    validation = validate_surrogate(
+        model_dir, test_sets, {k: v.model_dump(mode="json") for k, v in laws.items()},
+        params.validation.n_samples, seed, params.validation.max_kl,
+        params.validation.max_sw_ratio, train_seconds=train_seconds,
+        report_dir=str(report_dir), bootstrap=params.validation.bootstrap,
+        champion_ref=champion_ref, history=training_history(model_dir))
+    ids = {f"test_set.{k}": open_dataset(p).dataset_id for k, p in test_sets.items()}
+    return validation, ids, {str(Path(p).resolve()) for p in test_sets.values()}
+
+
+def _log_validation(client, run_id: str, validation: dict[str, Any], ids: dict[str, str],
+                    prefix: str) -> None:
+    tracking.log_metrics(client, run_id, {f"{prefix}{k}": v
+                                          for k, v in validation["metrics"].items()})
+    tracking.log_metrics(client, run_id, {
+        f"{prefix}score": validation["score"], f"{prefix}score_stderr": validation["score_stderr"],
+        f"{prefix}passed": float(validation["passed"]),
+        **({f"{prefix}champion_score": validation["champion_score"]}
+           if validation["champion_score"] is not None else {})})
+    tracking.set_tags(client, run_id, {f"{prefix}{k}": v for k, v in ids.items()})
+
+
+def _metric_tags(metrics: dict[str, float], prefix: str) -> dict[str, str]:
+    """The per-law metrics a version carries as tags (the health check's baseline)."""
+    return {f"{prefix}{k}": f"{v:.6g}" for k, v in metrics.items()
+            if k.endswith(("kl", "kl_stderr", "energy_ratio", "sw_ratio", "sw_ratio_stderr",
+                           "c2st_acc"))}
+
+
+def _champion_scores(validation: dict[str, Any], regression: dict[str, Any],
+                     promotion: dict[str, Any]) -> dict[str, Any]:
+    """The champion after this run, scored on this run's test sets and on the fixed regression
+    sets (comparable across runs): the challenger's scores when it was promoted."""
+    if promotion["promoted"]:
+        return {"champion_after_score": validation["score"],
+                "champion_after_regression_score": regression["score"],
+                "champion_after_regression_score_stderr": regression["score_stderr"]}
+    return {"champion_after_score": validation["champion_score"],
+            "champion_after_regression_score": regression["champion_score"],
+            "champion_after_regression_score_stderr": regression["champion_score_stderr"]}
+
+
+#: Combined standard errors beyond which the pipeline calls the champion degraded (as the
+#: champion-health flow's default, :class:`flows.health.HealthParams`).
+HEALTH_N_SE = 3.0
+
+
+def _health_point(client, experiment: str, name: str, promotion: dict[str, Any],
+                  validation: dict[str, Any], seed: int, logger) -> dict[str, Any]:
+    """Log the champion's scores on this run's fresh test sets as one point of its health
+    series (:mod:`tasks.health`, as the champion-health flow does); return the point and what
+    degraded (the caller fails the run on it, after everything else is done)."""
+    version = registry.champion_version(client, name)
+    promoted = promotion["promoted"]
+    metrics = validation["metrics"] if promoted else validation["champion_metrics"]
+    if version is None or not metrics:
+        return {"note": "champion not scored on the fresh sets: "
+                        + (validation.get("champion_note") or "no champion")}
+    passed = validation["passed"] if promoted else validation["champion_passed"]
+    failures = [] if passed else ["fails the gate on the fresh test sets"]
+    rows = health.checks(version.tags, metrics, HEALTH_N_SE)
+    problems = [c.describe() for c in rows if c.degraded] + failures
+    run_id = health.health_run(client, experiment, name)
+    point = health.next_point(client, run_id)
+    health.log_point(client, run_id, point, {
+        **metrics, "passed": float(passed), "champion_version": float(version.version),
+        "seed": float(seed), "degraded": float(bool(problems))}, tags={
+        "health.last_seed": seed, "health.last_champion_version": version.version,
+        "health.last_verdict": "degraded" if problems else "healthy",
+        "health.last_point": point, "health.last_problems": "; ".join(problems)[:5000]},
+        degraded=bool(problems))
+    logger.info("champion %s v%s health point %d: %s", name, version.version, point,
+                "; ".join(problems) or "healthy")
+    return {"point": point, "run_id": run_id, "degraded": problems}
+
+
+def _retention(params: PipelineParams, client, name: str, parent: str, fixed_sets: set[str],
+               duplicate: Any, model_dir: str, logger) -> dict[str, Any]:
+    """Apply the retention policy (:mod:`tasks.retention`): old versions of ``name`` and old
+    test sets (never this run's fixed regression sets); a duplicate's model directory too."""
+    policy = params.retention
+    deleted = prune_registry(client, name, policy.keep_last, policy.delete_model_dirs)
+    for entry in deleted:
+        logger.info("retention: deleted %s v%s (%s)%s", name, entry["version"],
+                    ", ".join(entry["deleted"]),
+                    f"; kept {'; '.join(entry['skipped'])}" if entry["skipped"] else "")
+    removed = []
+    if policy.test_set_max_age_days is not None:
+        removed = prune_test_sets(data_root(), policy.test_set_max_age_days, keep=fixed_sets)
+        for path in removed:
+            logger.info("retention: deleted test set %s", path)
+    if duplicate is not None and policy.delete_model_dirs:
+        shutil.rmtree(model_dir, ignore_errors=True)  # registered already as the duplicate
+    tracking.log_metrics(client, parent, {"retention.versions_deleted": len(deleted),
+                                          "retention.test_sets_deleted": len(removed)})
+    return {"versions_deleted": [str(d["version"]) for d in deleted],
+            "test_sets_deleted": removed}
 
 
 def training_history(model_dir: str) -> list[dict[str, float]]:

@@ -54,6 +54,11 @@ COSMETIC_TRAINING_FIELDS = frozenset({"progress", "log_every", "threads", "prese
 STOPPING_FIELDS = frozenset({"epochs", "iterations", "patience"})
 
 
+#: The validation split's rule (:func:`prnf_core.train.split_indices`), in the fingerprint: a
+#: checkpoint written under another rule trained on other rows, and is not resumed.
+SPLIT_RULE = "blocks-of-100"
+
+
 def data_id(data: Any, pairs: tuple[np.ndarray, np.ndarray] | None = None) -> str:
     """The identity of training data: a store's dataset id, else a hash of the arrays' bytes
     (with shapes and dtypes), so a checkpoint can tell whether it was trained on the same data."""
@@ -69,12 +74,14 @@ def data_id(data: Any, pairs: tuple[np.ndarray, np.ndarray] | None = None) -> st
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def training_fingerprint(data: str, model: ModelConfig, training: TrainConfig
-                         ) -> tuple[dict[str, Any], str]:
+def training_fingerprint(data: str, model: ModelConfig, training: TrainConfig,
+                         init: str | None = None) -> tuple[dict[str, Any], str]:
     """The settings that determine a run's weights, as flat ``{"field": value}`` and a hash.
 
     Args:
         data: The data's identity (:func:`data_id`: a dataset id or an array hash).
+        init: The digest of the weights training starts from (:func:`weights_digest`) for a
+            warm start; None (and then absent from the fields) for a fresh initialization.
         model: The resolved :class:`~prnf_core.models.ModelConfig` (``dim`` set); every field
             but ``preset`` shapes the network.
         training: The :class:`TrainConfig`; :data:`COSMETIC_TRAINING_FIELDS` are left out, and
@@ -89,8 +96,27 @@ def training_fingerprint(data: str, model: ModelConfig, training: TrainConfig
         length = "iterations" if training.iterations is not None else "epochs"
         trained[length] = getattr(training, length)
     fields.update({f"training.{k}": v for k, v in trained.items()})
+    fields["training.split_rule"] = SPLIT_RULE
+    if init is not None:
+        fields["init.weights"] = init
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     return fields, digest
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """A SHA-256 (16 hex) of a state dict's names, dtypes, shapes and values: what a warm start
+    starts from, whatever file or registry the weights came from.
+
+    >>> weights_digest({"w": torch.zeros(2)}) == weights_digest({"w": torch.zeros(2)})
+    True
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}{tuple(tensor.shape)};".encode())
+        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16
+                      else tensor.float().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def check_fingerprint(recorded: Any, fields: dict[str, Any], field: str, source: str) -> None:

@@ -72,6 +72,7 @@ def run_dataset(
     device: str | None = None,
     torch_threads: int | None = None,
     lock_timeout: float = 0.0,
+    role: str | None = None,
 ) -> RunSummary:
     """Create (or reopen) the store, re-simulate its corrupt chunks and simulate its missing ones.
 
@@ -84,6 +85,8 @@ def run_dataset(
         torch_threads: Threads per chunk (default: torch's; 1 per Dask worker is typical).
         lock_timeout: Seconds to wait while another run writes the store; default 0 refuses at
             once (see :func:`~prnf_core.integrity.store_lock`).
+        role: What the store is for (``"train"``, ``"test"``), recorded in its attributes
+            (retention deletes old test sets by it); None keeps the stored role.
 
     The noise generator is fixed from ``device`` first (:meth:`DatasetConfig.on_device`): a
     store started with another generator is refused, so chunks never mix two noise streams.
@@ -99,7 +102,7 @@ def run_dataset(
         resolve_path(path, "output")  # raises the ConfigError for URLs
     config = config.on_device(device)
     with store_lock(path, timeout=lock_timeout):
-        dataset = create_dataset(config, path)
+        dataset = create_dataset(config, path, role=role)
         corrupt = audit(dataset)
         if corrupt:
             logger.warning("dataset %s: %d corrupt chunk(s) %s will be re-simulated: %s",

@@ -50,6 +50,7 @@ from prnf_core.checkpoints import (
     save_checkpoint,
     training_fingerprint,
     training_pairs,
+    weights_digest,
 )
 from prnf_core.dataset import open_dataset
 from prnf_core.errors import ConfigError, PrnfError
@@ -60,7 +61,7 @@ __all__ = [  # the names of checkpoints and train_config are re-exported
     "COSMETIC_TRAINING_FIELDS", "STOPPING_FIELDS", "TRAIN_PRESETS", "Callback",
     "CheckpointMismatchError", "FitResult", "TrainConfig", "TrainingDivergedError",
     "WeightAverage", "check_fingerprint", "data_id", "evaluate", "fit", "load_checkpoint",
-    "lr_factor", "split_indices", "training_fingerprint", "training_pairs",
+    "lr_factor", "split_indices", "training_fingerprint", "training_pairs", "weights_digest",
 ]
 
 Callback = Callable[[str, int, dict[str, float]], None]
@@ -89,10 +90,34 @@ class FitResult:
         return {k: v for k, v in self.__dict__.items() if k != "history"}
 
 
+#: Rows per block of the validation split (:func:`split_indices`).
+SPLIT_BLOCK = 100
+
+
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = round(n * val_fraction)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    """Training and validation row indices: in each block of :data:`SPLIT_BLOCK` rows, a
+    permutation seeded by ``(seed, block)`` puts ``round(len(block) * val_fraction)`` rows in
+    validation.
+
+    Prefix-stable: the rows of the first ``m`` blocks are assigned the same way whatever ``n``
+    is, so when a dataset grows (:func:`prnf_core.dataset.grow_dataset`, whole chunks of a
+    multiple of 100 rows) no row that validated a model trained on the smaller set moves into
+    training, nor the reverse: a warm start's validation loss stays honest.
+
+    >>> train, val = split_indices(300, 0.2, 0)
+    >>> len(val), bool(np.array_equal(split_indices(200, 0.2, 0)[1], val[val < 200]))
+    (60, True)
+    """
+    train, val = [], []
+    for start in range(0, n, SPLIT_BLOCK):
+        size = min(SPLIT_BLOCK, n - start)
+        perm = np.random.default_rng([seed, start // SPLIT_BLOCK]).permutation(size) + start
+        n_val = round(size * val_fraction)
+        val.append(perm[:n_val])
+        train.append(perm[n_val:])
+    if not train:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
 def lr_factor(config: TrainConfig, total_steps: int, step: int) -> float:
@@ -169,6 +194,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     restart: bool = False,
+    init: str | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``data`` and return a :class:`FitResult`.
 
@@ -181,19 +207,24 @@ def fit(
         resume: Continue from ``checkpoint_dir/checkpoint.pt`` if it exists; one written for
             other data, model or training settings raises :class:`CheckpointMismatchError`.
         restart: Delete an existing checkpoint first and train from scratch.
+        init: For a warm start (``model`` already holds trained weights, normalization
+            included): their :func:`~prnf_core.checkpoints.weights_digest`, recorded in the
+            checkpoint's fingerprint, so that a cold run's checkpoint is never resumed as a
+            warm one, nor one warm-started from other weights.
     """
     config = config or TrainConfig()
     previous_threads = torch.get_num_threads()
     if config.threads is not None and model.device.type == "cpu":
         torch.set_num_threads(config.threads)
     try:
-        return _fit(model, data, config, callbacks or [], checkpoint_dir, resume, restart)
+        return _fit(model, data, config, callbacks or [], checkpoint_dir, resume, restart, init)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: list[Callback],
-         checkpoint_dir: str | Path | None, resume: bool, restart: bool) -> FitResult:
+         checkpoint_dir: str | Path | None, resume: bool, restart: bool,
+         init: str | None) -> FitResult:
     if isinstance(data, str | Path):
         data = open_dataset(data)
     if model.config.cond_dim:
@@ -244,7 +275,8 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
     fingerprint = None
     if ckpt is not None:
-        fingerprint = training_fingerprint(data_id(data, (x0_np, y_np)), model.config, config)
+        fingerprint = training_fingerprint(data_id(data, (x0_np, y_np)), model.config, config,
+                                           init)
         if restart:
             ckpt.unlink(missing_ok=True)
     if resume and ckpt is not None and ckpt.is_file():

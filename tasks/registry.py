@@ -65,9 +65,9 @@ def model_identity(model_dir: str | Path) -> dict[str, str]:
 
 
 def find_version(client: MlflowClient, identity: Mapping[str, str],
-                 name: str | None = None) -> Any | None:
+                 name: str | None = None, keys: tuple[str, ...] = IDENTITY_TAGS) -> Any | None:
     """The earliest version (of ``name``, or of any registered model) that carries the tags
-    ``identity``, or None.
+    ``identity`` (those of ``keys``; ``weights_sha256`` is always among them), or None.
 
     The search is by tag, and the match is checked again on the returned tags: they are what
     search calls return reliably (some MLflow 3.x releases return empty alias lists there).
@@ -81,9 +81,20 @@ def find_version(client: MlflowClient, identity: Mapping[str, str],
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):
             return None
         raise
-    same = [v for v in found if all(v.tags.get(k) == identity[k] for k in IDENTITY_TAGS)
+    same = [v for v in found if all(v.tags.get(k) == identity[k] for k in keys)
             and (name is None or v.name == name)]
     return min(same, key=lambda v: int(v.version)) if same else None
+
+
+def same_weights(client: MlflowClient, name: str, model_dir: str | Path) -> Any | None:
+    """The earliest version of ``name`` whose weights are bit-identical to ``model_dir``'s
+    (same ``weights_sha256``) but which was registered from another directory: registering
+    ``model_dir`` would only add a duplicate of it. None when there is none (a version of
+    ``model_dir`` itself is not a duplicate: :func:`register` reuses it)."""
+    identity = model_identity(model_dir)
+    found = find_version(client, identity, name, keys=("weights_sha256",))
+    return None if found is None or found.tags.get("model_dir") == identity["model_dir"] \
+        else found
 
 
 def register(client: MlflowClient, model_uri: str, name: str, run_id: str,

@@ -21,6 +21,7 @@ champion needs. Training sets, and stores without a role or creation time (writt
 prnf versions), are never deleted by age. A store is renamed to a hidden sibling before it is
 removed, so a reader never sees half a store under its real name.
 
+The policy's settings are :class:`flows.config.RetentionConfig` (pipeline parameters).
 Both functions log nothing; they return what they did, and the caller reports it.
 
 >>> import tempfile, zarr
@@ -49,29 +50,12 @@ from urllib.parse import urlparse
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.registry import logged_model_uri, weights_sha256
 
-__all__ = ["RetentionConfig", "prune_registry", "prune_test_sets"]
+__all__ = ["prune_registry", "prune_test_sets"]
 
 _DELETING = ".deleting"  # suffix of a store or directory set aside to be removed
-
-
-class RetentionConfig(BaseModel):
-    """How much a scheduled pipeline keeps of its registered versions and test sets."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    keep_last: int = Field(
-        5, ge=1, description="Model versions kept: the ones holding the champion or challenger "
-        "alias, and this many of the highest version numbers.")
-    test_set_max_age_days: float | None = Field(
-        14, ge=0, description="Delete MC test sets older than this many days (never the fixed "
-        "regression sets nor those the champion needs); empty: keep test sets forever.")
-    delete_model_dirs: bool = Field(
-        True, description="Also delete the local trained model directory of a deleted "
-        "version (its `model_dir` tag), unless a kept version uses it.")
 
 
 # -- model versions ------------------------------------------------------------------------------

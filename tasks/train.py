@@ -12,14 +12,21 @@ from prefect.logging import get_run_logger
 from prnf_core.dataset import open_dataset
 from prnf_core.errors import ConfigError
 from prnf_core.models import ModelConfig, build_model
-from prnf_core.train import TrainConfig, check_fingerprint, fit, training_fingerprint
+from prnf_core.train import (
+    TrainConfig,
+    check_fingerprint,
+    fit,
+    training_fingerprint,
+    weights_digest,
+)
 from tasks.progress import Reporter
 
 
 @task(name="train-model")
 def train_model(data: str, model: ModelConfig, training: TrainConfig,
                 output: str, resume: bool = True,
-                tracking_run_id: str | None = None, restart: bool = False) -> dict[str, Any]:
+                tracking_run_id: str | None = None, restart: bool = False,
+                init_from: str | None = None) -> dict[str, Any]:
     """Train on the store at ``data``; save weights, config and ``summary.json`` to ``output``.
 
     A checkpoint is kept in ``output`` after every epoch, so a re-run after a kill resumes.
@@ -29,6 +36,10 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
     other data, model or training settings is refused (:class:`CheckpointMismatchError`),
     and ``restart`` deletes it, and the finished model's files, before training from scratch,
     so that a kill during the new run cannot leave the old weights next to its checkpoint.
+
+    ``init_from`` (a model URI or directory) warm-starts from that model's weights, which must
+    have exactly this architecture (:func:`warm_start_state`); the fingerprint then records
+    their digest, and the saved metadata where they came from.
     """
     logger = get_run_logger()
     dataset = open_dataset(data)
@@ -38,7 +49,9 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
         )
     model = model.for_problem(dataset.config.sde())
     out = Path(output)
-    fields, digest = training_fingerprint(dataset.dataset_id, model, training)
+    start = warm_start_state(init_from, model) if init_from is not None else None
+    init = weights_digest(start) if start is not None else None
+    fields, digest = training_fingerprint(dataset.dataset_id, model, training, init)
     if restart:  # the checkpoint first: once it is gone nothing stale can be resumed
         for name in ("checkpoint.pt", "config.json", "weights.pt", "summary.json",
                      "history.json"):
@@ -48,6 +61,9 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
         check_fingerprint(json.loads((out / "config.json").read_text()).get(
             "training_fingerprint"), fields, "output", str(out / "config.json"))
     net = build_model(model, seed=training.seed)
+    if start is not None:
+        net.load_state_dict(start)
+        logger.info("warm start from %s (weights %s)", init_from, init)
     reporter = Reporter("train (epochs)", key=None)
     epochs_total = training.epochs or 1
 
@@ -72,18 +88,22 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
 
         callbacks.append(to_mlflow)
     result = fit(net, dataset, training, callbacks=callbacks, checkpoint_dir=out,
-                 resume=resume, restart=restart)
+                 resume=resume, restart=restart, init=init)
     problem = dataset.meta["problem"]
     net.save(out, extra={"dataset_id": dataset.dataset_id, "dataset_path": dataset.path,
                          "dataset_config": dataset.meta["resolved_config"], "problem": problem,
                          "training": training.model_dump(mode="json"),
                          "training_fingerprint": {"fields": fields, "hash": digest},
+                         "warm_start": None if init is None else {"from": init_from,
+                                                                  "weights": init},
                          "train_seconds": result.seconds + dataset.simulation_seconds()})
     summary = {
         "model_dir": str(out),
         "dataset_id": dataset.dataset_id,
         "problem": problem["name"],
         "architecture": model.architecture,
+        "training_fingerprint": digest,
+        "warm_start": init is not None,
         **result.as_dict(),
         "final": result.history[-1] if result.history else {},
     }
@@ -92,3 +112,22 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
     logger.info("trained %s in %.1f s: best val_nll %.4f at epoch %d",
                 model.architecture, result.seconds, result.best_val_nll, result.best_epoch)
     return summary
+
+
+def warm_start_state(source: str, model: ModelConfig) -> dict[str, Any]:
+    """The weights (normalization included) of the model at ``source`` (a model URI or a model
+    directory), to start training ``model`` from.
+
+    Raises:
+        ConfigError: ``source``'s architecture differs from ``model`` (the fields are named).
+    """
+    from tasks.pyfunc import load_surrogate
+
+    start = load_surrogate(source).model
+    theirs = start.config.model_dump(mode="json", exclude={"preset"})
+    ours = model.model_dump(mode="json", exclude={"preset"})
+    differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    if differ:
+        raise ConfigError("init_from: " + source + " has another architecture (" + ", ".join(
+            f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ) + ")")
+    return {k: v.detach().cpu() for k, v in start.state_dict().items()}

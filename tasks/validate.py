@@ -40,7 +40,8 @@ TEST_SET_LOCK_TIMEOUT_S = 3600.0
 @task(name="simulate-test-sets")
 def simulate_test_sets(configs: dict[str, DatasetConfig],
                        execution: ExecutionConfig) -> dict[str, str]:
-    """Simulate (or reuse) one MC test store per law on one Dask cluster; law -> store path."""
+    """Simulate (or reuse) one MC test store per law on one Dask cluster; law -> store path.
+    The stores are marked ``role="test"`` (retention deletes old ones by age)."""
     logger = get_run_logger()
     paths = {}
     with dask_client(execution) as client:
@@ -52,7 +53,7 @@ def simulate_test_sets(configs: dict[str, DatasetConfig],
             summary = run_dataset(config, path, client=client, device=execution.device,
                                   torch_threads=execution.threads_per_worker,
                                   progress=Reporter(f"test set {law} (chunks)"),
-                                  lock_timeout=TEST_SET_LOCK_TIMEOUT_S)
+                                  lock_timeout=TEST_SET_LOCK_TIMEOUT_S, role="test")
             logger.info("test set %s: %s (%d chunks simulated, %d reused)", law, path,
                         summary.chunks_simulated, summary.chunks_already_done)
             paths[law] = path
@@ -216,6 +217,7 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
             "champion_score": None if champion_score is None else champion_score.value,
             "champion_score_stderr": None if champion_score is None else champion_score.stderr,
             "champion_passed": champion.get("passed"), "champion_note": champion.get("note"),
+            "champion_metrics": champion.get("metrics", {}),
             "files": [str(f) for f in files], "report_markdown": markdown}
 
 
@@ -237,6 +239,7 @@ def _score_champion(champion_ref: str, fingerprint: Fingerprint, test_sets: dict
     report, _, _ = evaluate_model(champion.model, fingerprint.problem,
                                   dict(fingerprint.problem_params), test_sets, laws, n_samples,
                                   seed, fingerprint.t_end, detailed=False, bootstrap=bootstrap)
-    verdict = verdict_of(flat_metrics(report), law_keys, max_sw_ratio, max_kl)
-    return {"score": verdict.score, "passed": verdict.passed}
+    metrics = flat_metrics(report)
+    verdict = verdict_of(metrics, law_keys, max_sw_ratio, max_kl)
+    return {"score": verdict.score, "passed": verdict.passed, "metrics": metrics}
 

@@ -14,9 +14,10 @@ import zarr
 from mlflow.utils.file_utils import local_file_uri_to_path
 from tiny_models import save_tiny_bm1d_model
 
+from flows.config import RetentionConfig
 from tasks import registry, tracking
 from tasks.pyfunc import log_surrogate
-from tasks.retention import RetentionConfig, prune_registry, prune_test_sets
+from tasks.retention import prune_registry, prune_test_sets
 
 NAME = "prnf-retention-test"
 
