@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import time
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,40 +26,24 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
+from flows import nightly
 from flows.config import PipelineParams
 from flows.train import TrainParams, default_model_dir
 from prnf_core.dataset import open_dataset
-from prnf_core.models import ModelConfig, load_metadata
+from prnf_core.models import load_metadata
 from prnf_core.paths import data_root
 from prnf_core.train import TrainConfig
 from prnf_core.verdict import Fingerprint
-from tasks import health, registry, tracking
-from tasks.growth import TrainingPlan, grow_training_set, plan_training_set, training_chunks
+from tasks import registry, tracking
+from tasks.growth import grow_training_set, plan_training_set, training_chunks
 from tasks.health import ChampionDegradedError
-from tasks.pyfunc import load_surrogate, log_surrogate
-from tasks.retention import prune_registry, prune_test_sets
+from tasks.pyfunc import log_surrogate
 from tasks.simulate import prepare_dataset, simulate_chunks
 from tasks.train import train_model
 from tasks.validate import simulate_test_sets, validate_surrogate
 
 
-def _flow_run_name() -> str:
-    """The Prefect flow run's name: what the run will do (:func:`run_name`), planned from its
-    parameters before it starts; parameters that do not validate get a plain name (the run
-    then fails on them with the field named)."""
-    from prefect.runtime import flow_run
-
-    raw = flow_run.parameters.get("params")
-    try:
-        params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw)
-        config = params.training_dataset().on_device(params.execution.device)
-        return run_name(params.problem, plan_training_set(config, params.grow_to,
-                                                          params.grow_by))
-    except Exception:
-        return f"pipeline-{datetime.now(UTC).date().isoformat()}"
-
-
-@flow(name="pipeline", log_prints=True, flow_run_name=_flow_run_name)
+@flow(name="pipeline", log_prints=True, flow_run_name=nightly.flow_run_name)
 def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
     """Run the whole pipeline on ``params``; return a small summary (ids, paths, metrics)."""
     logger = get_run_logger()
@@ -129,7 +111,7 @@ def _run(params: PipelineParams, client, experiment: str, parent: str, logger,
     dataset_cfg = params.training_dataset().on_device(params.execution.device)  # its generator
     plan = plan_training_set(dataset_cfg, params.grow_to, params.grow_by)
     chunks = training_chunks(plan)
-    tracking.set_tags(client, parent, {"mlflow.runName": run_name(params.problem, plan),
+    tracking.set_tags(client, parent, {"mlflow.runName": nightly.run_name(params.problem, plan),
                                        "data.action": plan.action})
 
     # 1. simulate: a fixed store (reused when complete), or the family store, grown
@@ -158,7 +140,7 @@ def _run(params: PipelineParams, client, experiment: str, parent: str, logger,
     # 2. train (from scratch, or fine-tuning the champion), log the surrogate as pyfunc
     name = registry.model_name(Fingerprint.of(params.problem, params.problem_params,
                                               dataset_cfg.horizon))
-    init_from, start_note = _warm_start(params, client, name, dataset_cfg)
+    init_from, start_note = nightly.warm_start_source(params, client, name, dataset_cfg)
     training = params.training
     if init_from is not None:
         training = training.model_copy(update={"epochs": params.fine_tune.epochs,
@@ -187,40 +169,6 @@ def _run(params: PipelineParams, client, experiment: str, parent: str, logger,
     return validate_and_register(params, client, experiment, parent, model_dir, model_uri,
                                  train_seconds=summary["seconds"] + dataset.simulation_seconds(),
                                  extra_tags=extra_tags)
-
-
-def run_name(problem: str, plan: TrainingPlan, day: date | None = None) -> str:
-    """What a run did, as its name: ``ou-night-2026-12-01-grow-40k`` (growing data),
-    ``ou-run-2026-12-01-fixed-20k`` (a fixed store)."""
-    kind = "run" if plan.family_id is None else "night"
-    return f"{problem}-{kind}-{(day or datetime.now(UTC).date()).isoformat()}-{plan.action}"
-
-
-def _warm_start(params: PipelineParams, client, name: str, dataset_cfg
-                ) -> tuple[str | None, str]:
-    """The model URI to fine-tune from (the champion's version, pinned) and why, or None and
-    why training starts from scratch."""
-    if not params.warm_start:
-        return None, "from scratch (warm_start is off)"
-    if not params.use_registry:
-        return None, "from scratch (no registry: use_registry is off)"
-    champion = registry.champion_version(client, name)
-    if champion is None:
-        return None, f"from scratch ({name} has no champion yet)"
-    source = f"models:/{name}/{champion.version}"
-    meta = load_surrogate(source).metadata
-    ours = Fingerprint.of(params.problem, params.problem_params, dataset_cfg.horizon)
-    differences = Fingerprint.of_model(meta).differences(ours)
-    model = params.model.for_problem(dataset_cfg.sde())
-    theirs = ModelConfig.model_validate(meta["model"]).model_dump(mode="json", exclude={"preset"})
-    mine = model.model_dump(mode="json", exclude={"preset"})
-    differences += [f"model.{k}: {theirs.get(k)!r} != {mine.get(k)!r}"
-                    for k in sorted(theirs.keys() | mine.keys()) if theirs.get(k) != mine.get(k)]
-    if differences:
-        return None, (f"from scratch (champion v{champion.version} differs: "
-                      + "; ".join(differences) + ")")
-    return source, (f"warm start from champion v{champion.version} ({params.fine_tune.epochs} "
-                    f"epochs at lr {params.fine_tune.lr:g})")
 
 
 def _train(data: str, params: PipelineParams, training: TrainConfig, model_dir: str,
@@ -318,6 +266,10 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
         tracking.set_tags(client, parent, {"model_version": version,
                                            "promotion": promotion["decision"]})
     champion_after = _champion_scores(validation, regression, promotion)
+    tracking.log_metrics(client, parent, {
+        "promoted": float(promotion["promoted"]), "registered": float(version is not None),
+        **{f"champion_after.{k.removeprefix('champion_after_')}": v
+           for k, v in champion_after.items()}})
 
     result = {
         "problem": params.problem, "dataset_id": meta["dataset_id"],
@@ -338,11 +290,11 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
         "tracking_uri": tracking.tracking_uri(),
     }
     if params.use_registry and fresh_seed is not None and promotion["champion_version"]:
-        result["health"] = _health_point(client, experiment, name, promotion, validation,
-                                         fresh_seed, logger)
+        result["health"] = nightly.health_point(client, experiment, name, promotion,
+                                                validation, fresh_seed, logger)
     if params.use_registry and params.retention is not None:
-        result["retention"] = _retention(params, client, name, parent, fixed_sets, duplicate,
-                                         model_dir, logger)
+        result["retention"] = nightly.apply_retention(params, client, name, parent, fixed_sets,
+                                                      duplicate, model_dir, logger)
     _report_artifact(result, validation["report_markdown"], experiment)
     logger.info("score %.4g, %s", result["score"], promotion["decision"])
     if result.get("health", {}).get("degraded"):
@@ -404,63 +356,6 @@ def _champion_scores(validation: dict[str, Any], regression: dict[str, Any],
     return {"champion_after_score": validation["champion_score"],
             "champion_after_regression_score": regression["champion_score"],
             "champion_after_regression_score_stderr": regression["champion_score_stderr"]}
-
-
-#: Combined standard errors beyond which the pipeline calls the champion degraded (as the
-#: champion-health flow's default, :class:`flows.health.HealthParams`).
-HEALTH_N_SE = 3.0
-
-
-def _health_point(client, experiment: str, name: str, promotion: dict[str, Any],
-                  validation: dict[str, Any], seed: int, logger) -> dict[str, Any]:
-    """Log the champion's scores on this run's fresh test sets as one point of its health
-    series (:mod:`tasks.health`, as the champion-health flow does); return the point and what
-    degraded (the caller fails the run on it, after everything else is done)."""
-    version = registry.champion_version(client, name)
-    promoted = promotion["promoted"]
-    metrics = validation["metrics"] if promoted else validation["champion_metrics"]
-    if version is None or not metrics:
-        return {"note": "champion not scored on the fresh sets: "
-                        + (validation.get("champion_note") or "no champion")}
-    passed = validation["passed"] if promoted else validation["champion_passed"]
-    failures = [] if passed else ["fails the gate on the fresh test sets"]
-    rows = health.checks(version.tags, metrics, HEALTH_N_SE)
-    problems = [c.describe() for c in rows if c.degraded] + failures
-    run_id = health.health_run(client, experiment, name)
-    point = health.next_point(client, run_id)
-    health.log_point(client, run_id, point, {
-        **metrics, "passed": float(passed), "champion_version": float(version.version),
-        "seed": float(seed), "degraded": float(bool(problems))}, tags={
-        "health.last_seed": seed, "health.last_champion_version": version.version,
-        "health.last_verdict": "degraded" if problems else "healthy",
-        "health.last_point": point, "health.last_problems": "; ".join(problems)[:5000]},
-        degraded=bool(problems))
-    logger.info("champion %s v%s health point %d: %s", name, version.version, point,
-                "; ".join(problems) or "healthy")
-    return {"point": point, "run_id": run_id, "degraded": problems}
-
-
-def _retention(params: PipelineParams, client, name: str, parent: str, fixed_sets: set[str],
-               duplicate: Any, model_dir: str, logger) -> dict[str, Any]:
-    """Apply the retention policy (:mod:`tasks.retention`): old versions of ``name`` and old
-    test sets (never this run's fixed regression sets); a duplicate's model directory too."""
-    policy = params.retention
-    deleted = prune_registry(client, name, policy.keep_last, policy.delete_model_dirs)
-    for entry in deleted:
-        logger.info("retention: deleted %s v%s (%s)%s", name, entry["version"],
-                    ", ".join(entry["deleted"]),
-                    f"; kept {'; '.join(entry['skipped'])}" if entry["skipped"] else "")
-    removed = []
-    if policy.test_set_max_age_days is not None:
-        removed = prune_test_sets(data_root(), policy.test_set_max_age_days, keep=fixed_sets)
-        for path in removed:
-            logger.info("retention: deleted test set %s", path)
-    if duplicate is not None and policy.delete_model_dirs:
-        shutil.rmtree(model_dir, ignore_errors=True)  # registered already as the duplicate
-    tracking.log_metrics(client, parent, {"retention.versions_deleted": len(deleted),
-                                          "retention.test_sets_deleted": len(removed)})
-    return {"versions_deleted": [str(d["version"]) for d in deleted],
-            "test_sets_deleted": removed}
 
 
 def training_history(model_dir: str) -> list[dict[str, float]]:

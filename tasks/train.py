@@ -124,10 +124,8 @@ def warm_start_state(source: str, model: ModelConfig) -> dict[str, Any]:
     from tasks.pyfunc import load_surrogate
 
     start = load_surrogate(source).model
-    theirs = start.config.model_dump(mode="json", exclude={"preset"})
-    ours = model.model_dump(mode="json", exclude={"preset"})
-    differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    differ = start.config.differences(model)
     if differ:
-        raise ConfigError("init_from: " + source + " has another architecture (" + ", ".join(
-            f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ) + ")")
+        raise ConfigError(f"init_from: {source} has another architecture (there != here: "
+                          + "; ".join(differ) + ")")
     return {k: v.detach().cpu() for k, v in start.state_dict().items()}

@@ -33,3 +33,21 @@ def dask_client_2():
 
     with dask_client(ExecutionConfig(workers=2)) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def private_data_root(tmp_path_factory):
+    """A data root (and so an embedded MLflow store) of one test module alone, for tests that
+    count registered versions or need an empty registry; the session's is restored after."""
+    from prnf_core.paths import DATA_ROOT_ENV
+
+    previous = {k: os.environ.get(k) for k in (DATA_ROOT_ENV, "MLFLOW_TRACKING_URI")}
+    root = tmp_path_factory.mktemp("private-data")
+    os.environ[DATA_ROOT_ENV] = str(root)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield root
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -24,6 +24,7 @@ from prnf_core.train import (
     fit,
     load_checkpoint,
     training_fingerprint,
+    weights_digest,
 )
 
 runner = CliRunner()
@@ -187,3 +188,28 @@ def test_generator_state_stays_a_cpu_byte_tensor_when_weights_go_to_another_devi
     torch.Generator().set_state(state["generator"])
     assert {v.device.type for v in state["model"].values()} == {"meta"}
     assert {v.device.type for v in state["best_model"].values()} == {"meta"}
+
+
+def test_a_cold_checkpoint_is_not_resumed_as_a_warm_start(tmp_path):
+    cfg = config(epochs=2)
+    fit(model(), pairs(), cfg, checkpoint_dir=tmp_path)
+    start = model()
+    x0, y = pairs()
+    start.fit_normalization(x0, y)  # a warm start's weights come trained and normalized
+    init = weights_digest(start.state_dict())
+    with pytest.raises(CheckpointMismatchError, match=r"init\.weights"):
+        fit(start, pairs(), config(epochs=3), checkpoint_dir=tmp_path, resume=True, init=init)
+    assert weights_digest(start.state_dict()) == init  # refused before any step
+
+
+def test_warm_start_refuses_another_architecture(tmp_path):
+    from tiny_models import save_tiny_bm1d_model
+
+    from prnf_core.errors import ConfigError
+    from tasks.train import warm_start_state
+
+    source = save_tiny_bm1d_model(tmp_path / "m")
+    state = warm_start_state(source, ModelConfig(dim=1, hidden_width=8, x0_period=None))
+    assert "fitted" in state and bool(state["fitted"])
+    with pytest.raises(ConfigError, match="hidden_width: 8 != 16"):
+        warm_start_state(source, ModelConfig(dim=1, hidden_width=16, x0_period=None))

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import math
-import os
 import pickle
-import shutil
 
+import numpy as np
 import pytest
+from tiny_models import register_perturbed_champion
 
 from tasks.health import (
     RELATIVE_TOLERANCE,
@@ -124,39 +124,13 @@ def _health_params(seed: int):
         "execution": {"workers": 0}})
 
 
-def _register_perturbed_champion(client, experiment: str, model_dir: str, name: str) -> str:
-    """A copy of the champion with noisy weights, registered with the champion's tags (so its
-    baseline is the good model's) and given the champion alias."""
-    import numpy as np
-    import torch
-
-    from tasks import registry, tracking
-    from tasks.pyfunc import log_surrogate
-
-    champion = registry.champion_version(client, name)
-    noisy = model_dir + "-noisy"
-    shutil.copytree(model_dir, noisy)
-    state = torch.load(os.path.join(noisy, "weights.pt"), weights_only=True)
-    gen = torch.Generator().manual_seed(0)
-    for key, value in state.items():
-        if value.is_floating_point():
-            state[key] = value + 0.5 * torch.randn(value.shape, generator=gen, dtype=value.dtype)
-    torch.save(state, os.path.join(noisy, "weights.pt"))
-    with tracking.child_run(client, experiment, "train", None) as run_id:
-        uri = log_surrogate(noisy, run_id, np.zeros((5, 1)))
-    tags = {k: v for k, v in champion.tags.items() if k not in registry.IDENTITY_TAGS}
-    version = registry.register(client, uri, name, run_id, tags)
-    client.set_registered_model_alias(name, registry.CHAMPION, version)
-    return version
-
-
-def test_health_series_passes_then_fails_on_a_degraded_champion(prefect_harness):
+def test_health_series_passes_then_fails_on_a_degraded_champion(prefect_harness,
+                                                                private_data_root):
     from flows.health import health_flow
     from flows.pipeline import pipeline_flow
     from tasks import tracking
     from tasks.health import POINT_METRIC
 
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
     trained = pipeline_flow(_pipeline_params())
     assert trained["promoted"]
     name = trained["registered_model"]
@@ -180,8 +154,8 @@ def test_health_series_passes_then_fails_on_a_degraded_champion(prefect_harness)
     assert run.info.status == "FINISHED" and run.data.tags["prnf.model"] == name
     assert run.info.experiment_id == trained["experiment_id"]
 
-    bad = _register_perturbed_champion(client, trained["experiment_id"], trained["model_dir"],
-                                       name)
+    bad = register_perturbed_champion(client, trained["experiment_id"], trained["model_dir"],
+                                      name, np.zeros((5, 1)))
     state = health_flow(_health_params(13), return_state=True)
     assert state.is_failed()
     assert "ChampionDegradedError" in state.message or "degraded" in state.message

@@ -7,7 +7,6 @@ nightly deployment, in tests/test_services.py; these tests check each mechanism 
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import zarr
 from mlflow import MlflowClient
 
 from flows.config import PipelineParams
-from flows.pipeline import pipeline_flow, run_name
+from flows.nightly import run_name
+from flows.pipeline import pipeline_flow
 from prnf_core.dataset import open_dataset
 from prnf_core.paths import DATA_ROOT_ENV, data_root
 from tasks import health
@@ -39,30 +39,16 @@ def nightly(**extra) -> PipelineParams:
 
 
 @pytest.fixture(scope="module")
-def own_root(tmp_path_factory):
-    """A data root (and so an MLflow store) of this module alone: the registry starts empty."""
-    previous = {k: os.environ.get(k) for k in (DATA_ROOT_ENV, "MLFLOW_TRACKING_URI")}
-    os.environ[DATA_ROOT_ENV] = str(tmp_path_factory.mktemp("scheduled-data"))
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    yield data_root()
-    for key, value in previous.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-@pytest.fixture(scope="module")
-def nights(prefect_harness, own_root):
+def nights(prefect_harness, private_data_root):
     """Three nights in a row, then a stale test set and a fourth night at the cap."""
     runs = [pipeline_flow(nightly(fresh_seed=100 + i)) for i in range(3)]
-    stale = own_root / "datasets" / "ou-stale-test.zarr"
+    stale = private_data_root / "datasets" / "ou-stale-test.zarr"
     group = zarr.open_group(stale, mode="w", zarr_format=3)
     old = (datetime.now(UTC) - timedelta(days=40)).isoformat()
     group.attrs["prnf"] = {"role": "test", "created_at": old}
     runs.append(pipeline_flow(nightly(fresh_seed=200)))
     return {"runs": runs, "stale": stale, "client": MlflowClient(
-        tracking_uri=f"sqlite:///{own_root / 'mlflow.db'}")}
+        tracking_uri=f"sqlite:///{private_data_root / 'mlflow.db'}")}
 
 
 def test_training_data_grows_by_new_chunks_up_to_the_cap(nights):

@@ -96,6 +96,19 @@ class ModelConfig(BaseModel):
     def _apply_preset(cls, data: Any) -> Any:
         return fill_from_preset(data, lambda name, _: MODEL_PRESETS.get(name, {}))
 
+    def differences(self, other: ModelConfig) -> list[str]:
+        """``field: mine != theirs`` for every field that shapes the network and differs
+        (``preset`` only names where values came from); empty: the same architecture, so
+        weights of one load into the other.
+
+        >>> ModelConfig(hidden_width=32).differences(ModelConfig(hidden_width=64))
+        ['hidden_width: 32 != 64']
+        """
+        mine = self.model_dump(mode="json", exclude={"preset"})
+        theirs = other.model_dump(mode="json", exclude={"preset"})
+        return [f"{k}: {mine.get(k)!r} != {theirs.get(k)!r}"
+                for k in sorted(mine.keys() | theirs.keys()) if mine.get(k) != theirs.get(k)]
+
     def for_problem(self, sde: Any) -> ModelConfig:
         """This config with the problem's dimension and, for ``x0_period="problem"``, the
         problem's declared periodic symmetry (none if it declares none)."""

@@ -1,0 +1,125 @@
+"""The scheduled-run steps of the pipeline (README "Scheduled runs"): the run's name, the warm
+start, the champion's health point and the retention policy. :mod:`flows.pipeline` composes
+them; the training set's growth is :mod:`tasks.growth`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, date, datetime
+from typing import Any
+
+from flows.config import PipelineParams
+from prnf_core.models import ModelConfig
+from prnf_core.paths import data_root
+from prnf_core.verdict import Fingerprint
+from tasks import health, registry, tracking
+from tasks.growth import TrainingPlan, plan_training_set
+from tasks.pyfunc import load_surrogate
+from tasks.retention import prune_registry, prune_test_sets
+
+
+def run_name(problem: str, plan: TrainingPlan, day: date | None = None) -> str:
+    """What a run did, as its name: ``ou-night-2026-12-01-grow-40k`` (growing data),
+    ``ou-run-2026-12-01-fixed-20k`` (a fixed store)."""
+    kind = "run" if plan.family_id is None else "night"
+    return f"{problem}-{kind}-{(day or datetime.now(UTC).date()).isoformat()}-{plan.action}"
+
+
+def flow_run_name() -> str:
+    """The Prefect flow run's name: what the run will do (:func:`run_name`), planned from its
+    parameters before it starts; parameters that do not validate get a plain name (the run
+    then fails on them with the field named)."""
+    from prefect.runtime import flow_run
+
+    raw = flow_run.parameters.get("params")
+    try:
+        params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw)
+        config = params.training_dataset().on_device(params.execution.device)
+        return run_name(params.problem, plan_training_set(config, params.grow_to,
+                                                          params.grow_by))
+    except Exception:
+        return f"pipeline-{datetime.now(UTC).date().isoformat()}"
+
+
+def warm_start_source(params: PipelineParams, client, name: str, dataset_cfg
+                      ) -> tuple[str | None, str]:
+    """The model URI to fine-tune from (the champion's version, pinned) and why, or None and
+    why training starts from scratch."""
+    if not params.warm_start:
+        return None, "from scratch (warm_start is off)"
+    if not params.use_registry:
+        return None, "from scratch (no registry: use_registry is off)"
+    champion = registry.champion_version(client, name)
+    if champion is None:
+        return None, f"from scratch ({name} has no champion yet)"
+    source = f"models:/{name}/{champion.version}"
+    meta = load_surrogate(source).metadata
+    ours = Fingerprint.of(params.problem, params.problem_params, dataset_cfg.horizon)
+    differences = Fingerprint.of_model(meta).differences(ours)
+    model = params.model.for_problem(dataset_cfg.sde())
+    differences += [f"model.{d}" for d in
+                    ModelConfig.model_validate(meta["model"]).differences(model)]
+    if differences:
+        return None, (f"from scratch (champion v{champion.version} differs: "
+                      + "; ".join(differences) + ")")
+    return source, (f"warm start from champion v{champion.version} ({params.fine_tune.epochs} "
+                    f"epochs at lr {params.fine_tune.lr:g})")
+
+
+#: Combined standard errors beyond which the pipeline calls the champion degraded (as the
+#: champion-health flow's default, :class:`flows.health.HealthParams`).
+HEALTH_N_SE = 3.0
+
+
+def health_point(client, experiment: str, name: str, promotion: dict[str, Any],
+                 validation: dict[str, Any], seed: int, logger) -> dict[str, Any]:
+    """Log the champion's scores on this run's fresh test sets as one point of its health
+    series (:mod:`tasks.health`, as the champion-health flow does); return the point and what
+    degraded (the caller fails the run on it, after everything else is done)."""
+    version = registry.champion_version(client, name)
+    promoted = promotion["promoted"]
+    metrics = validation["metrics"] if promoted else validation["champion_metrics"]
+    if version is None or not metrics:
+        return {"note": "champion not scored on the fresh sets: "
+                        + (validation.get("champion_note") or "no champion")}
+    passed = validation["passed"] if promoted else validation["champion_passed"]
+    failures = [] if passed else ["fails the gate on the fresh test sets"]
+    rows = health.checks(version.tags, metrics, HEALTH_N_SE)
+    problems = [c.describe() for c in rows if c.degraded] + failures
+    run_id = health.health_run(client, experiment, name)
+    point = health.next_point(client, run_id)
+    health.log_point(client, run_id, point, {
+        **metrics, "passed": float(passed), "champion_version": float(version.version),
+        "seed": float(seed), "degraded": float(bool(problems))}, tags={
+        "health.last_seed": seed, "health.last_champion_version": version.version,
+        "health.last_verdict": "degraded" if problems else "healthy",
+        "health.last_point": point, "health.last_problems": "; ".join(problems)[:5000]},
+        degraded=bool(problems))
+    logger.info("champion %s v%s health point %d: %s", name, version.version, point,
+                "; ".join(problems) or "healthy")
+    return {"point": point, "run_id": run_id, "degraded": problems}
+
+
+def apply_retention(params: PipelineParams, client, name: str, parent: str,
+                    fixed_sets: set[str], duplicate: Any, model_dir: str, logger
+                    ) -> dict[str, Any]:
+    """Apply the retention policy (:mod:`tasks.retention`): old versions of ``name`` and old
+    test sets (never this run's fixed regression sets); a duplicate's model directory too."""
+    policy = params.retention
+    deleted = prune_registry(client, name, policy.keep_last, policy.delete_model_dirs)
+    for entry in deleted:
+        logger.info("retention: deleted %s v%s (%s)%s", name, entry["version"],
+                    ", ".join(entry["deleted"]),
+                    f"; kept {'; '.join(entry['skipped'])}" if entry["skipped"] else "")
+    removed = []
+    if policy.test_set_max_age_days is not None:
+        removed = prune_test_sets(data_root(), policy.test_set_max_age_days, keep=fixed_sets)
+        for path in removed:
+            logger.info("retention: deleted test set %s", path)
+    if duplicate is not None and policy.delete_model_dirs:
+        shutil.rmtree(model_dir, ignore_errors=True)  # registered already as the duplicate
+    tracking.log_metrics(client, parent, {"retention.versions_deleted": len(deleted),
+                                          "retention.test_sets_deleted": len(removed)})
+    return {"versions_deleted": [str(d["version"]) for d in deleted],
+            "test_sets_deleted": removed}
