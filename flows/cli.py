@@ -142,10 +142,6 @@ def validate(
     show.validated(sup.run_with_progress(validate_flow, params), model)
 
 
-#: The exit code of `prnf health` for a degraded champion: neither bad input (2) nor a crash (1).
-HEALTH_DEGRADED_EXIT = 3
-
-
 @app.command()
 def health(
     model: Annotated[str | None, typer.Argument(
@@ -164,16 +160,11 @@ def health(
     same). Exit 2: bad input (e.g. no champion); 1: an unexpected failure.
     """
     from flows.health import HealthParams, health_flow
-    from tasks.health import ChampionDegradedError
 
     params = build_params(HealthParams, config=config, sets=set_, options={
         "model": model, "seed": seed, "validation.n_samples": n_samples,
         "execution.workers": workers})
-    try:
-        result = sup.run_with_progress(health_flow, params)
-    except ChampionDegradedError as exc:
-        sup.fail(str(exc), code=HEALTH_DEGRADED_EXIT)
-    show.health(result)
+    show.health(sup.run_with_progress(health_flow, params))
 
 
 

@@ -108,9 +108,21 @@ def pipeline_result(result: dict[str, Any]) -> None:
     out.print(table)
     out.print(f"validation: {'passed' if result['passed'] else 'FAILED'}"
               + "".join(f"\n  {failure}" for failure in result["failures"]), highlight=False)
-    out.print(f"registered {result['registered_model']} v{result['version']}: "
-              f"{result['decision']}", highlight=False)
+    registered = (f"registered {result['registered_model']} v{result['version']}"
+                  if result["version"] else result["registered_model"])
+    out.print(f"{registered}: {result['decision']}", highlight=False)
     out.print(f"champion: {result['champion_uri'] or 'none'}", highlight=False)
+    if result.get("fresh_seed") is not None:
+        out.print(f"fresh test sets: seed {result['fresh_seed']}; on the fixed regression sets "
+                  f"the challenger scores {result['regression_score']:.4g}", highlight=False)
+    if result.get("health", {}).get("point") is not None:
+        health = result["health"]
+        out.print(f"champion health point {health['point']}: "
+                  f"{'; '.join(health['degraded']) or 'healthy'}", highlight=False)
+    if result.get("retention"):
+        kept = result["retention"]
+        out.print(f"retention: deleted versions {kept['versions_deleted'] or 'none'}, "
+                  f"{len(kept['test_sets_deleted'])} test set(s)", highlight=False)
     out.print(f"plots and report: {result['report_dir']}", highlight=False)
     out.print(f"MLflow run {result['run_id']} ({result['tracking_uri']}); "
               f"dataset {result['dataset_path']}; model {result['model_dir']}", highlight=False)

@@ -85,6 +85,8 @@ def _report(exc: Exception, debug: bool, argv: list[str]) -> None:
     if debug:
         sys.stderr.write(text)
         sys.stderr.flush()
+    if isinstance(getattr(exc, "exit_code", None), int):  # a verdict, e.g. a degraded champion
+        fail(str(exc), code=exc.exit_code)
     message = _bad_input(exc)
     if message is not None:
         fail(message)

@@ -54,7 +54,10 @@ DEFAULT_SPREAD: Mapping[str, float] = {"kl": 0.0, "sw_ratio": SW_RATIO_SPREAD}
 
 class ChampionDegradedError(RuntimeError):
     """The champion of ``model`` degraded beyond noise, or now fails the gate; the message names
-    every degraded metric or gate failure."""
+    every degraded metric or gate failure. The ``prnf`` commands exit with :attr:`exit_code`
+    on it: neither bad input (2) nor a crash (1)."""
+
+    exit_code = 3
 
     def __init__(self, model: str, version: str, problems: Sequence[str]) -> None:
         self.model, self.version, self.problems = model, str(version), list(problems)

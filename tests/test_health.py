@@ -175,7 +175,7 @@ def test_cli_maps_options_and_exits_3_when_degraded(monkeypatch, tmp_path):
     import prefect.main  # noqa: F401  binds Prefect's log handler to stderr now, not to CliRunner's
     from typer.testing import CliRunner
 
-    from flows.cli import HEALTH_DEGRADED_EXIT, app
+    from flows.cli import app
 
     seen = {}
 
@@ -189,7 +189,7 @@ def test_cli_maps_options_and_exits_3_when_degraded(monkeypatch, tmp_path):
     result = CliRunner().invoke(app, ["health", "prnf-bm1d", "--seed", "7", "--n-samples",
                                       "200", "--config", str(config), "--set",
                                       "execution.workers=0"])
-    assert result.exit_code == HEALTH_DEGRADED_EXIT == 3, result.output
+    assert result.exit_code == ChampionDegradedError.exit_code == 3, result.output
     assert "champion prnf-bm1d v4 degraded: val/gaussian/kl" in result.output
     params = seen["params"]
     assert (params.model, params.seed, params.n_se) == ("prnf-bm1d", 7, 2.5)

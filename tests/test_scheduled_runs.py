@@ -168,3 +168,19 @@ def test_plan_of_a_new_family_starts_at_n_train(tmp_path, monkeypatch):
     plan = plan_training_set(params.training_dataset().on_device("cpu"), 4000, 1000)
     assert (plan.n_particles, plan.n_before, plan.action) == (2000, 0, "new-2k")
     assert Path(plan.path).name.startswith("ou-family-")
+
+
+def test_the_same_run_twice_registers_one_version(prefect_harness, private_data_root):
+    """The scenario of issue 13: the main job, then the same pipeline again. The second run
+    trains bit-identical weights, says so, and registers nothing."""
+    same = nightly(grow_to=None, grow_by=None, warm_start=False, fresh_test_set=False,
+                   retention=None, t_end=0.5)  # another fingerprint: its own registered model
+    first, second = pipeline_flow(same), pipeline_flow(same)
+    assert first["version"] == "1" and first["duplicate_of"] is None
+    assert second["version"] is None and second["duplicate_of"] == "1"
+    assert second["decision"] == "not registered: bit-identical to v1 (same weights digest)"
+    client = MlflowClient(tracking_uri=f"sqlite:///{private_data_root / 'mlflow.db'}")
+    assert [str(v.version) for v in client.search_model_versions(
+        f"name = '{first['registered_model']}'")] == ["1"]
+    tags = client.get_run(second["run_id"]).data.tags
+    assert tags["duplicate_of"] == "1" and tags["mlflow.runName"].startswith("ou-run-")
