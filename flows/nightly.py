@@ -5,18 +5,24 @@ them; the training set's growth is :mod:`tasks.growth`.
 
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
+
+from mlflow.exceptions import MlflowException
 
 from flows.config import PipelineParams
 from prnf_core.models import ModelConfig
 from prnf_core.paths import data_root
+from prnf_core.train import TrainConfig, training_fingerprint, weights_digest
 from prnf_core.verdict import Fingerprint
 from tasks import health, registry, tracking
 from tasks.growth import TrainingPlan, plan_training_set
 from tasks.pyfunc import load_surrogate
 from tasks.retention import prune_registry, prune_test_sets
+from tasks.train import warm_start_state
 
 
 def run_name(problem: str, plan: TrainingPlan, day: date | None = None) -> str:
@@ -65,6 +71,33 @@ def warm_start_source(params: PipelineParams, client, name: str, dataset_cfg
                       + "; ".join(differences) + ")")
     return source, (f"warm start from champion v{champion.version} ({params.fine_tune.epochs} "
                     f"epochs at lr {params.fine_tune.lr:g})")
+
+
+def training_digest(dataset_id: str, params: PipelineParams, training: TrainConfig,
+                    init_from: str | None, sde: Any) -> str:
+    """The training fingerprint's hash (:func:`prnf_core.train.training_fingerprint`) of the
+    training this run is about to do: a version tagged with it has the same weights."""
+    model = params.model.for_problem(sde)
+    init = None
+    if init_from is not None:
+        init = weights_digest(warm_start_state(init_from, model))
+    return training_fingerprint(dataset_id, model, training, init)[1]
+
+
+def trained_before(client, name: str, digest: str) -> Any | None:
+    """The earliest version of ``name`` trained with the training fingerprint ``digest``
+    whose model directory is still here with its weights unchanged (else None: train)."""
+    try:
+        found = client.search_model_versions(
+            f"name = '{name}' and tags.training_fingerprint = '{digest}'")
+    except MlflowException:
+        return None
+    for version in sorted(found, key=lambda v: int(v.version)):
+        model_dir = version.tags.get("model_dir")
+        if model_dir and (Path(model_dir) / "weights.pt").is_file() \
+                and registry.weights_sha256(model_dir) == version.tags.get("weights_sha256"):
+            return version
+    return None
 
 
 #: Combined standard errors beyond which the pipeline calls the champion degraded (as the
@@ -117,8 +150,9 @@ def apply_retention(params: PipelineParams, client, name: str, parent: str,
         removed = prune_test_sets(data_root(), policy.test_set_max_age_days, keep=fixed_sets)
         for path in removed:
             logger.info("retention: deleted test set %s", path)
-    if duplicate is not None and policy.delete_model_dirs:
-        shutil.rmtree(model_dir, ignore_errors=True)  # registered already as the duplicate
+    if duplicate is not None and policy.delete_model_dirs \
+            and duplicate.tags.get("model_dir") != os.path.abspath(model_dir):
+        shutil.rmtree(model_dir, ignore_errors=True)  # a copy of the duplicate's weights
     tracking.log_metrics(client, parent, {"retention.versions_deleted": len(deleted),
                                           "retention.test_sets_deleted": len(removed)})
     return {"versions_deleted": [str(d["version"]) for d in deleted],

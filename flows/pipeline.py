@@ -147,6 +147,18 @@ def _run(params: PipelineParams, client, experiment: str, parent: str, logger,
                                                "iterations": None, "lr": params.fine_tune.lr})
     logger.info("training: %s", start_note)
     tracking.set_tags(client, parent, {"warm_start": start_note})
+    planned = nightly.training_digest(sim["dataset_id"], params, training, init_from,
+                                      dataset_cfg.sde())
+    trained = nightly.trained_before(client, name, planned) if params.use_registry else None
+    if trained is not None:  # the same data, settings and start: the same weights again
+        logger.info("not training: %s v%s was trained on the same data with the same settings "
+                    "and start weights (training fingerprint %s)", name, trained.version,
+                    planned)
+        tracking.set_tags(client, parent, {"trained_before": trained.version})
+        model_dir = trained.tags["model_dir"]
+        return validate_and_register(
+            params, client, experiment, parent, model_dir, registry.logged_model_uri(trained),
+            train_seconds=float(load_metadata(model_dir)["train_seconds"]), duplicate_of=trained)
     train_params = TrainParams(data=sim["path"], model=params.model, training=training)
     model_dir = default_model_dir(train_params) + f"-{parent[:8]}"
     with tracking.child_run(client, experiment, "train", parent) as run_id:
@@ -197,7 +209,8 @@ def _train(data: str, params: PipelineParams, training: TrainConfig, model_dir: 
 
 def validate_and_register(params: PipelineParams, client, experiment: str, parent: str,
                           model_dir: str, model_uri: str, train_seconds: float,
-                          extra_tags: dict[str, Any] | None = None) -> dict[str, Any]:
+                          extra_tags: dict[str, Any] | None = None,
+                          duplicate_of: Any | None = None) -> dict[str, Any]:
     """Steps 3 and 4: validate on MC test sets (the champion too), register, promote; then the
     champion's health point and the retention policy, when the parameters ask for them.
 
@@ -218,10 +231,10 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
         fresh_seed = params.fresh_seed if params.fresh_seed is not None else _clock_seed()
         tracking.set_tags(client, parent, {"fresh_seed": fresh_seed})
     with tracking.child_run(client, experiment, "validate", parent) as run_id:
-        validation, test_ids, _ = _score(params, laws, fresh_seed, model_dir, champion_ref,
+        validation, test_ids, fixed_sets = _score(params, laws, fresh_seed, model_dir, champion_ref,
                                          train_seconds, report_dir)
         _log_validation(client, run_id, validation, test_ids, "")
-        regression, fixed_sets = validation, _
+        regression = validation
         if fresh_seed is not None:
             regression, regression_ids, fixed_sets = _score(
                 params, laws, None, model_dir, champion_ref, train_seconds,
@@ -234,14 +247,15 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
 
     promotion: dict[str, Any] = {"promoted": False, "decision": "registration disabled",
                                  "champion_uri": None, "champion_version": None}
-    version, duplicate = None, None
-    if params.use_registry:
+    version, duplicate = None, duplicate_of
+    if params.use_registry and duplicate is None:
         duplicate = registry.same_weights(client, name, model_dir)
     if duplicate is not None:
         current = registry.champion_version(client, name)
+        why = ("not trained again: the same data, settings and start weights"
+               if duplicate_of is not None else "bit-identical: same weights digest")
         promotion = {"promoted": False,
-                     "decision": f"not registered: bit-identical to v{duplicate.version} "
-                                 "(same weights digest)",
+                     "decision": f"not registered: identical to v{duplicate.version} ({why})",
                      "champion_version": str(current.version) if current else None,
                      "champion_uri": champion_ref}
         tracking.set_tags(client, parent, {"promotion": promotion["decision"],

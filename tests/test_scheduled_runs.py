@@ -7,6 +7,7 @@ nightly deployment, in tests/test_services.py; these tests check each mechanism 
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from flows.nightly import run_name
 from flows.pipeline import pipeline_flow
 from prnf_core.dataset import open_dataset
 from prnf_core.paths import DATA_ROOT_ENV, data_root
-from tasks import health
+from tasks import health, registry
 from tasks.growth import TrainingPlan, plan_training_set
 
 LAW = {"gaussian": {"kind": "gaussian", "mean": [0.3, -0.2], "std": [0.4, 0.4]}}
@@ -170,17 +171,30 @@ def test_plan_of_a_new_family_starts_at_n_train(tmp_path, monkeypatch):
     assert Path(plan.path).name.startswith("ou-family-")
 
 
-def test_the_same_run_twice_registers_one_version(prefect_harness, private_data_root):
+def test_the_same_run_twice_registers_one_version(prefect_harness, private_data_root, tmp_path):
     """The scenario of issue 13: the main job, then the same pipeline again. The second run
-    trains bit-identical weights, says so, and registers nothing."""
+    does not train again (a version was trained on the same data with the same settings and
+    start), says so, and registers nothing; a copy of the weights would not be registered
+    either (the weights digest)."""
     same = nightly(grow_to=None, grow_by=None, warm_start=False, fresh_test_set=False,
                    retention=None, t_end=0.5)  # another fingerprint: its own registered model
     first, second = pipeline_flow(same), pipeline_flow(same)
     assert first["version"] == "1" and first["duplicate_of"] is None
     assert second["version"] is None and second["duplicate_of"] == "1"
-    assert second["decision"] == "not registered: bit-identical to v1 (same weights digest)"
+    assert second["decision"] == ("not registered: identical to v1 (not trained again: the same "
+                                  "data, settings and start weights)")
+    assert second["model_dir"] == first["model_dir"]  # scored, not retrained
     client = MlflowClient(tracking_uri=f"sqlite:///{private_data_root / 'mlflow.db'}")
-    assert [str(v.version) for v in client.search_model_versions(
-        f"name = '{first['registered_model']}'")] == ["1"]
+    name = first["registered_model"]
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
     tags = client.get_run(second["run_id"]).data.tags
-    assert tags["duplicate_of"] == "1" and tags["mlflow.runName"].startswith("ou-run-")
+    assert tags["duplicate_of"] == "1" and tags["trained_before"] == "1"
+    assert tags["mlflow.runName"].startswith("ou-run-")
+    assert client.search_runs([second["experiment_id"]],
+                              f"tags.`mlflow.parentRunId` = '{second['run_id']}' "
+                              "and tags.`prnf.step` = 'train'") == []
+
+    copy = tmp_path / "copy"
+    shutil.copytree(first["model_dir"], copy)
+    assert str(registry.same_weights(client, name, copy).version) == "1"
+    assert registry.same_weights(client, name, first["model_dir"]) is None  # itself: reused
