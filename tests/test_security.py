@@ -29,6 +29,7 @@ SKIP_DIRS = {".venv", ".git", "data", "build", "dist", "node_modules"}
 ALLOWED = {
     ("tests/test_readme.py", "exec"): "runs the README's own Python example",
     ("tests/test_simulate.py", "pickle.loads"): "round-trips prnf's own exception for Dask",
+    ("tests/test_health.py", "pickle.loads"): "round-trips prnf's own exception for Prefect",
     ("tests/test_readme.py", "compile"): "compiles the README's own Python example",
 }
 
