@@ -33,15 +33,39 @@ class CheckpointMismatchError(ConfigError):
     """A checkpoint (or saved model) was written for other data, model or training settings."""
 
 
-def training_pairs(data: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(x0, xT) from a dataset, a store path, or an ``(x0, xT)`` tuple of arrays."""
+def training_pairs(data: Any, conditioned: bool = False) -> tuple[np.ndarray, ...]:
+    """The training arrays: ``(x0, xT)``, or ``(x0, cond, xT)`` for conditioned training.
+
+    ``data`` is a dataset, a store path, an ``(x0, xT)`` or an ``(x0, cond, xT)`` tuple of
+    arrays (returned as given). A dataset gives its ``(x0, xT)`` pairs, or with
+    ``conditioned=True`` the rows of :meth:`~prnf_core.dataset.Dataset.conditioned_tuples`
+    (one per particle and saved time / parameter point).
+    """
     if isinstance(data, str | Path):
         data = open_dataset(data)
     if isinstance(data, Dataset):
-        return data.pairs()
-    if isinstance(data, tuple | list) and len(data) == 2:
-        return np.asarray(data[0]), np.asarray(data[1])
-    raise ConfigError(f"data: expected a Dataset, a store path or (x0, xT); got {type(data)}")
+        return dataset_tuples(data)[0] if conditioned else data.pairs()
+    if isinstance(data, tuple | list) and len(data) in (2, 3):
+        return tuple(np.asarray(array) for array in data)
+    raise ConfigError(f"data: expected a Dataset, a store path, (x0, xT) or (x0, cond, xT); "
+                      f"got {type(data)}")
+
+
+def dataset_tuples(dataset: Dataset) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray],
+                                               list[str]]:
+    """``((x0, cond, xT), cond_names)`` of a store simulated with ``save_times`` and/or a
+    ``param_box``: the conditioned training rows and the names of the condition columns."""
+    config = dataset.config
+    if not (config.save_times or getattr(config, "param_box", None)):
+        raise ConfigError(
+            "data: a conditioned model trains on a dataset simulated with save_times and/or a "
+            "param_box (rows at several times or parameters); this one has neither")
+    tuples = getattr(dataset, "conditioned_tuples", None)
+    if tuples is None:
+        raise ConfigError("data: this prnf cannot read conditioned rows from a dataset "
+                          "(Dataset.conditioned_tuples is missing)")
+    x0, cond, y, names = tuples()
+    return (np.asarray(x0), np.asarray(cond), np.asarray(y)), list(names)
 
 
 #: TrainConfig fields that never change the weights (beyond rounding): display, logging, CPU
@@ -59,9 +83,10 @@ STOPPING_FIELDS = frozenset({"epochs", "iterations", "patience"})
 SPLIT_RULE = "blocks-of-100"
 
 
-def data_id(data: Any, pairs: tuple[np.ndarray, np.ndarray] | None = None) -> str:
+def data_id(data: Any, pairs: tuple[np.ndarray, ...] | None = None) -> str:
     """The identity of training data: a store's dataset id, else a hash of the arrays' bytes
-    (with shapes and dtypes), so a checkpoint can tell whether it was trained on the same data."""
+    (with shapes and dtypes) of every array, ``(x0, xT)`` or ``(x0, cond, xT)``, so a checkpoint
+    can tell whether it was trained on the same data."""
     if isinstance(data, str | Path):
         data = open_dataset(data)
     if isinstance(data, Dataset):
@@ -83,7 +108,8 @@ def training_fingerprint(data: str, model: ModelConfig, training: TrainConfig,
         init: The digest of the weights training starts from (:func:`weights_digest`) for a
             warm start; None (and then absent from the fields) for a fresh initialization.
         model: The resolved :class:`~prnf_core.models.ModelConfig` (``dim`` set); every field
-            but ``preset`` shapes the network.
+            but ``preset`` shapes the network (the conditioning's box too: it fixes the
+            condition normalization; absent when there is none, as before it existed).
         training: The :class:`TrainConfig`; :data:`COSMETIC_TRAINING_FIELDS` are left out, and
             :data:`STOPPING_FIELDS` unless the cosine schedule makes the horizon matter.
     """

@@ -1,4 +1,11 @@
-r"""Training a conditional surrogate on (x0, X_T) pairs.
+r"""Training a conditional surrogate on (x0, X_T) pairs, or on (x0, c, X_t) tuples.
+
+A conditioned model (``ModelConfig.conditioning``: a time range and SDE parameter boxes)
+trains on tuples :math:`(x_0, c, y)` with :math:`c = (t, θ)`: minimizing
+:math:`-\frac1N \sum \log q(y \mid x_0;\, c)` over rows drawn at many conditions fits one
+surrogate of :math:`p(X_t \mid X_0 = x_0;\, θ)` on the whole box. Data: ``(x0, cond, xT)``
+arrays, or a dataset simulated with ``save_times`` and/or a ``param_box``
+(:meth:`~prnf_core.dataset.Dataset.conditioned_tuples`).
 
 Every minibatch of every epoch is a gradient step (the reference scripts computed the loss on
 every minibatch but stepped only on the last one; that defect is not copied). The validation
@@ -46,13 +53,14 @@ from prnf_core.checkpoints import (
     CheckpointMismatchError,
     check_fingerprint,
     data_id,
+    dataset_tuples,
     load_checkpoint,
     save_checkpoint,
     training_fingerprint,
     training_pairs,
     weights_digest,
 )
-from prnf_core.dataset import open_dataset
+from prnf_core.dataset import Dataset, open_dataset
 from prnf_core.errors import ConfigError, PrnfError
 from prnf_core.models.base import ConditionalSampler, to_tensor
 from prnf_core.train_config import TRAIN_PRESETS, TrainConfig
@@ -173,15 +181,17 @@ class WeightAverage:
 
 @torch.no_grad()
 def evaluate(model: ConditionalSampler, x0: torch.Tensor, y: torch.Tensor,
-             batch: int = 8192) -> dict[str, float]:
-    """Validation NLL (physical units) and mean reversibility error of held-out pairs."""
+             batch: int = 8192, cond: torch.Tensor | None = None) -> dict[str, float]:
+    """Validation NLL (physical units) and mean reversibility error of held-out pairs (with
+    their condition rows ``cond`` for a model with condition features)."""
     was_training = model.training
     model.eval()
     nll, rev = 0.0, 0.0
     for start in range(0, len(x0), batch):
         xb, yb = x0[start:start + batch], y[start:start + batch]
-        nll -= float(model.log_prob(yb, xb).sum())
-        rev += float(model.reversibility_error(yb, xb).sum())
+        cb = None if cond is None else cond[start:start + batch]
+        nll -= float(model.log_prob(yb, xb, cb).sum())
+        rev += float(model.reversibility_error(yb, xb, cb).sum())
     model.train(was_training)
     return {"val_nll": nll / len(x0), "val_rev": rev / len(x0)}
 
@@ -200,7 +210,11 @@ def fit(
 
     Args:
         model: A surrogate from :func:`~prnf_core.models.build_model` (on its device).
-        data: A :class:`~prnf_core.dataset.Dataset`, a store path, or ``(x0, xT)`` arrays.
+        data: A :class:`~prnf_core.dataset.Dataset`, a store path, ``(x0, xT)`` arrays, or
+            ``(x0, cond, xT)`` arrays for a model with condition features (``cond`` columns:
+            ``model.conditioning.names``). A model with condition features trains on a
+            dataset's :meth:`~prnf_core.dataset.Dataset.conditioned_tuples` (it needs
+            ``save_times`` and/or a ``param_box``).
         config: Optimization settings (defaults: :class:`TrainConfig`).
         callbacks: ``callback(kind, index, metrics)`` for "step" and "epoch" events.
         checkpoint_dir: Where to keep ``checkpoint.pt`` (last good epoch, atomic writes).
@@ -227,14 +241,8 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
          init: str | None) -> FitResult:
     if isinstance(data, str | Path):
         data = open_dataset(data)
-    if model.config.cond_dim:
-        # Training pairs carry no condition features: the loss would subtract the
-        # condition mean from None (a TypeError deep in the first step).
-        raise ConfigError(
-            f"model.cond_dim: fit trains on (x0, X_T) pairs without condition features, so a "
-            f"model with cond_dim={model.config.cond_dim} cannot be trained; use cond_dim=0"
-        )
-    x0_np, y_np = training_pairs(data)
+    arrays = _training_arrays(model, data)
+    x0_np, c_np, y_np = arrays if len(arrays) == 3 else (arrays[0], None, arrays[1])
     device, dtype = model.device, model.dtype
     data_dim = x0_np.shape[1] if x0_np.ndim == 2 else None
     if data_dim != model.dim:
@@ -245,16 +253,28 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
     y = to_tensor(y_np, "data.xT", model.dim, device, dtype)
     if len(x0) != len(y):
         raise ConfigError(f"data: x0 has {len(x0)} rows but xT has {len(y)}")
+    cond = None
+    if c_np is not None:
+        cond = to_tensor(c_np, "data.cond", model.config.cond_dim, device, dtype)
+        if len(cond) != len(x0):
+            raise ConfigError(f"data: x0 has {len(x0)} rows but cond has {len(cond)}")
+        if model.conditioning is not None:
+            try:
+                model.conditioning.check(cond)
+            except ConfigError as error:
+                raise ConfigError(f"data.cond: {error}") from None
     train_idx, val_idx = split_indices(len(x0), config.val_fraction, config.split_seed)
     if len(train_idx) == 0:
         raise ConfigError("data: no training pairs left after the validation split")
     x_tr, y_tr = x0[train_idx], y[train_idx]
     x_va, y_va = (x0[val_idx], y[val_idx]) if len(val_idx) else (x_tr, y_tr)
+    c_tr = None if cond is None else cond[train_idx]
+    c_va = None if cond is None else (cond[val_idx] if len(val_idx) else c_tr)
 
     torch.manual_seed(config.seed)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     if not bool(model.fitted):
-        model.fit_normalization(x_tr, y_tr)
+        model.fit_normalization(x_tr, y_tr, c_tr)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
     batch = min(config.batch_size, len(x_tr))
@@ -275,8 +295,7 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
     fingerprint = None
     if ckpt is not None:
-        fingerprint = training_fingerprint(data_id(data, (x0_np, y_np)), model.config, config,
-                                           init)
+        fingerprint = training_fingerprint(data_id(data, arrays), model.config, config, init)
         if restart:
             ckpt.unlink(missing_ok=True)
     if resume and ckpt is not None and ckpt.is_file():
@@ -313,7 +332,8 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
                 if result.steps >= total_steps:
                     break
                 idx = perm[b * batch:(b + 1) * batch]
-                yn, ctx = model.normalize(x_tr[idx], y_tr[idx], None)
+                yn, ctx = model.normalize(x_tr[idx], y_tr[idx],
+                                          None if c_tr is None else c_tr[idx])
                 loss, parts = training_loss(yn, ctx, config.lam)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(
@@ -343,7 +363,7 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
             metrics = {k: float(v) / max(seen, 1) for k, v in sums.items()}
             if average is not None:  # validate (and keep as best) the averaged weights
                 average.swap()
-            metrics.update(evaluate(model, x_va, y_va))
+            metrics.update(evaluate(model, x_va, y_va, cond=c_va))
             metrics["lr"] = scheduler.get_last_lr()[0]
             metrics["epoch"] = epoch
             if not math.isfinite(metrics["val_nll"]):
@@ -379,6 +399,42 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _training_arrays(model: ConditionalSampler, data: Any) -> tuple[np.ndarray, ...]:
+    """``(x0, xT)`` or ``(x0, cond, xT)``, refused unless their condition features are the
+    model's: as many columns as ``cond_dim`` and, from a dataset, the conditioning's names."""
+    k = model.config.cond_dim
+    boxed = model.conditioning
+    if isinstance(data, Dataset):
+        if not k:
+            if getattr(data.config, "param_box", None):
+                raise ConfigError(
+                    "model.cond_dim: the dataset varies SDE parameters (param_box) but the model "
+                    "has cond_dim=0 (no conditioning); give the model a conditioning")
+            return data.pairs()
+        arrays, names = dataset_tuples(data)
+        if boxed is not None and names != boxed.names:
+            if (names[:1] == ["t"] and names[1:] == boxed.names
+                    and not data.config.save_times):  # one horizon: the t column is constant
+                arrays, names = (arrays[0], arrays[1][:, 1:], arrays[2]), names[1:]
+            else:
+                raise ConfigError(
+                    f"model.conditioning: the model is conditioned on {boxed.names} but the "
+                    f"dataset's condition columns are {names}")
+        return arrays
+    arrays = training_pairs(data)
+    cond = arrays[1] if len(arrays) == 3 else np.zeros((0, 0))
+    given = {1: 1, 2: cond.shape[-1]}.get(cond.ndim) if cond.ndim else None
+    if given != k:
+        what = ("(x0, X_T) pairs without condition features" if len(arrays) == 2
+                else f"(x0, cond, X_T) tuples with cond of shape {arrays[1].shape}")
+        raise ConfigError(
+            f"model.cond_dim: the data are {what} ({given} condition features) but the model "
+            f"has cond_dim={k}; train a model with cond_dim={given or 0}"
+            + ("" if len(arrays) == 3 else " or give (x0, cond, X_T) tuples / a dataset with "
+                                           "save_times or a param_box"))
+    return arrays
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, gen, epoch: int,

@@ -1,8 +1,11 @@
 """The trained surrogate as an ``mlflow.pyfunc`` model.
 
-``predict(x0 rows)`` returns one X_T per row; ``params={"seed": s}`` makes it reproducible. The
-log-density is reachable from the loaded model:
-``mlflow.pyfunc.load_model(uri).unwrap_python_model().log_prob(y, x0)``.
+``predict(x0 rows)`` returns one X_T per row; ``params={"seed": s}`` makes it reproducible. A
+conditioned model (``ModelConfig.conditioning``) takes its conditions as params too:
+``params={"seed": 0, "t": 0.5, "E0": 0.001}`` samples X_t under those SDE parameters (the
+logged signature declares them, defaulting to the box's upper time and parameter midpoints);
+conditions outside the trained box are refused. The log-density is reachable from the loaded
+model: ``mlflow.pyfunc.load_model(uri).unwrap_python_model().log_prob(y, x0, t=..., params=...)``.
 
 Logged as "models from code" (``tasks/pyfunc_entry.py``), not a cloudpickled object. Loading any
 pyfunc model runs Python code stored with it: load models only from registries you trust. That
@@ -39,25 +42,49 @@ class SurrogatePyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: np.ndarray,
                 params: dict[str, Any] | None = None) -> np.ndarray:
-        """One X_T per x0 row. MLflow reads these hints: ``np.ndarray`` is a type it accepts
-        without inferring a schema from it (the logged signature comes from an example), and a
-        hint-less ``predict`` would make it warn at every import."""
+        """One X_T per x0 row (conditioned model: X_t under the conditions in ``params``, every
+        key but ``seed``: ``t`` and SDE parameter names). MLflow reads these hints:
+        ``np.ndarray`` is a type it accepts without inferring a schema from it (the logged
+        signature comes from an example), and a hint-less ``predict`` would make it warn at
+        every import."""
         import torch
 
         x0 = np.asarray(model_input, dtype=np.float64)
+        conditions = {k: v for k, v in (params or {}).items() if k != "seed"}
         seed = int((params or {}).get("seed", 0))
         gen = torch.Generator(device=self.model.device).manual_seed(seed)
         with torch.no_grad():
-            return self.model.sample(x0, generator=gen).cpu().numpy()
+            return self.model.sample(x0, generator=gen,
+                                     **_conditions(self.model, conditions)).cpu().numpy()
 
-    def log_prob(self, y: np.ndarray, x0: np.ndarray) -> np.ndarray:
+    def log_prob(self, y: np.ndarray, x0: np.ndarray, t: Any = None,
+                 params: dict[str, Any] | None = None) -> np.ndarray:
         import torch
 
         with torch.no_grad():
-            return self.model.log_prob(np.asarray(y), np.asarray(x0)).cpu().numpy()
+            return self.model.log_prob(np.asarray(y), np.asarray(x0), t=t,
+                                       params=params).cpu().numpy()
 
-    def sample_initial(self, spec: Any, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        return self.model.sample_initial(spec, n, seed=seed)
+    def sample_initial(self, spec: Any, n: int, seed: int = 0, t: Any = None,
+                       params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.sample_initial(spec, n, seed=seed, t=t, params=params)
+
+
+def _conditions(model: Any, conditions: dict[str, Any]) -> dict[str, Any]:
+    """``{"t": ..., "params": {...}}`` for ``sample`` from a flat ``{name: value}``; none for a
+    model without conditioning given none."""
+    conditions = dict(conditions)
+    t = conditions.pop("t", None)
+    if model.conditioning is None and t is None and not conditions:
+        return {}
+    return {"t": t, "params": conditions or None}
+
+
+def signature_params(model: Any) -> dict[str, Any]:
+    """The params of a model's logged signature, with their defaults: ``seed`` and, for a
+    conditioned model, its conditions (the box's upper time and the parameter midpoints)."""
+    box = model.conditioning
+    return {"seed": 0, **({} if box is None else box.example())}
 
 
 def log_surrogate(model_dir: str | Path, run_id: str, example_x0: np.ndarray) -> str:
@@ -72,10 +99,13 @@ def log_surrogate(model_dir: str | Path, run_id: str, example_x0: np.ndarray) ->
     model = load_model(model_dir, device="cpu")
     import torch
 
+    params = signature_params(model)
     with torch.no_grad():
-        example_out = model.sample(example_x0, generator=torch.Generator().manual_seed(0))
+        example_out = model.sample(example_x0, generator=torch.Generator().manual_seed(0),
+                                   **_conditions(model, {k: v for k, v in params.items()
+                                                         if k != "seed"}))
     signature = infer_signature(example_x0.astype(np.float64), example_out.numpy(),
-                                params={"seed": 0})
+                                params=params)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",

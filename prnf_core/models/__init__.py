@@ -12,8 +12,9 @@ from prnf_core.models.base import (
     load_metadata,
     load_model,
 )
+from prnf_core.models.conditioning import Conditioning
 from prnf_core.models.nsf import NSF
 from prnf_core.models.prnf import PRNF
 
-__all__ = ["ARCHITECTURES", "NSF", "PRNF", "ConditionalSampler", "ModelConfig", "build_model",
-           "load_metadata", "load_model"]
+__all__ = ["ARCHITECTURES", "NSF", "PRNF", "ConditionalSampler", "Conditioning", "ModelConfig",
+           "build_model", "load_metadata", "load_model"]

@@ -10,6 +10,12 @@ the training split and saved with the weights. Subclasses implement two maps in 
 Physical log-density: :math:`\log q(y\mid x_0) = \log q_n(\hat y \mid \hat x_0) - \sum_i \log s_i`
 with :math:`\hat y = (y - m)/s` (change of variables of the affine normalization).
 
+Conditioned models (``ModelConfig.conditioning``, :mod:`prnf_core.models.conditioning`) learn
+:math:`q(y \mid x_0;\, c) \approx p(X_t = y \mid X_0 = x_0;\, θ)` for every condition
+:math:`c = (t, θ)` in a declared box; the public methods take ``t=`` and ``params=`` (or raw
+``cond`` rows), refuse conditions outside the box unless ``allow_outside=True``, and the
+condition features are normalized from the box to :math:`[-1, 1]`.
+
 Density of :math:`X_T` under an initial law :math:`p_0`:
 :math:`p_T(y) = \mathbb{E}_{x_0\sim p_0}[q(y\mid x_0)] \approx \frac1K\sum_k q(y\mid x_0^{(k)})`
 (:meth:`ConditionalSampler.mixture_log_prob`).
@@ -19,16 +25,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 from torch import nn
 
 from prnf_core.errors import ConfigError
 from prnf_core.initial import parse_initial
+from prnf_core.models.conditioning import Conditioning
 from prnf_core.paths import atomic_path
 from prnf_core.simulate import default_device
 
@@ -64,7 +72,13 @@ class ModelConfig(BaseModel):
     dim: int | None = Field(
         None, ge=1, description="State dimension d of x0 and X_T (default: the dataset's)."
     )
-    cond_dim: int = Field(0, ge=0, description="Extra condition features (time, SDE parameters).")
+    cond_dim: int = Field(0, ge=0, description="Extra condition features (time, SDE parameters); "
+                                                "with a conditioning, its dimension.")
+    conditioning: Conditioning | None = Field(
+        None, description="The box of times and SDE parameters the model covers: one surrogate "
+                          "of p(X_t | x0; θ) for t in time, θ in params; null: one horizon and "
+                          "fixed parameters (the default).",
+    )
     hidden_width: int = Field(128, ge=1, description="Width of each hidden layer.")
     hidden_layers: int = Field(2, ge=1, description="Number of hidden layers per network.")
     activation: Activation = Field("tanh", description="Hidden activation (prnf).")
@@ -95,6 +109,25 @@ class ModelConfig(BaseModel):
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         return fill_from_preset(data, lambda name, _: MODEL_PRESETS.get(name, {}))
+
+    @model_validator(mode="after")
+    def _cond_dim_of_conditioning(self) -> ModelConfig:
+        if self.conditioning is not None:
+            if self.cond_dim not in (0, self.conditioning.dim):
+                raise ValueError(
+                    f"cond_dim: {self.cond_dim} != the conditioning's {self.conditioning.dim} "
+                    f"features {self.conditioning.names}; leave cond_dim unset")
+            self.cond_dim = self.conditioning.dim
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_conditioning(self, handler: Any) -> dict[str, Any]:
+        # An unconditioned model serializes as before the field existed: its config.json,
+        # training fingerprint and settings hashes are unchanged.
+        data = handler(self)
+        if self.conditioning is None and isinstance(data, dict):
+            data.pop("conditioning", None)
+        return data
 
     def differences(self, other: ModelConfig) -> list[str]:
         """``field: mine != theirs`` for every field that shapes the network and differs
@@ -178,6 +211,7 @@ class ConditionalSampler(nn.Module):
         self.register_buffer("c_mean", torch.zeros(k))
         self.register_buffer("c_std", torch.ones(k))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self._set_box_normalization()
 
     # -- subclass hooks -----------------------------------------------------------------------
     def _log_prob_normalized(self, yn: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
@@ -217,18 +251,36 @@ class ConditionalSampler(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.x0_mean.dtype
 
+    @property
+    def conditioning(self) -> Conditioning | None:
+        """The box of times and SDE parameters the model covers (None: one horizon)."""
+        return self.config.conditioning
+
     # -- normalization ------------------------------------------------------------------------
     @torch.no_grad()
+    def _set_box_normalization(self) -> None:
+        r"""With a conditioning: :math:`\hat c = (c - m)/s` maps the box to [-1, 1]
+        (:meth:`~prnf_core.models.conditioning.Conditioning.normalization`)."""
+        if self.config.conditioning is not None:
+            mean, std = self.config.conditioning.normalization()
+            self.c_mean.copy_(torch.as_tensor(mean))
+            self.c_std.copy_(torch.as_tensor(std))
+
+    @torch.no_grad()
     def fit_normalization(self, x0: ArrayLike, y: ArrayLike, cond: ArrayLike | None = None) -> None:
-        """Set the z-scoring statistics from training data (physical units)."""
-        x0, y, cond = self._inputs(x0, y, cond, allow_unfitted=True)
+        """Set the z-scoring statistics from training data (physical units). The condition
+        features are z-scored from ``cond`` too, unless the model has a conditioning: then they
+        are mapped from its box to [-1, 1] whatever the sample (``cond`` may be omitted)."""
+        boxed = self.config.conditioning is not None
+        x0, y, cond = self._inputs(x0, y, cond, allow_unfitted=True, need_cond=not boxed)
         for name, data in (("x0", x0), ("y", self._target(x0, y)), ("c", cond)):
-            if data is None or data.shape[1] == 0:
+            if data is None or data.shape[1] == 0 or (name == "c" and boxed):
                 continue
             std = data.std(dim=0)
             getattr(self, f"{name}_mean").copy_(data.mean(dim=0))
             # A constant column (e.g. a point-mass x0) is left unscaled, not divided by zero.
             getattr(self, f"{name}_std").copy_(torch.where(std > 0, std, torch.ones_like(std)))
+        self._set_box_normalization()
         self.fitted.fill_(True)
 
     def normalize(self, x0: torch.Tensor, y: torch.Tensor | None,
@@ -255,47 +307,88 @@ class ConditionalSampler(nn.Module):
         return y - x0 if self.displaces else y
 
     def _inputs(self, x0: ArrayLike, y: ArrayLike | None, cond: ArrayLike | None,
-                allow_unfitted: bool = False):
+                allow_unfitted: bool = False, *, t: Any = None,
+                params: Mapping[str, Any] | None = None, allow_outside: bool = False,
+                need_cond: bool = True):
+        """Validated tensors ``(x0, y, cond)``; ``t``/``params`` become the condition rows of a
+        conditioned model, and its condition rows are checked against the box."""
         if not allow_unfitted and not bool(self.fitted):
             raise RuntimeError("model is not trained: call prnf_core.train.fit first")
         x0_t = to_tensor(x0, "x0", self.dim, self.device, self.dtype)
         y_t = None if y is None else to_tensor(y, "y", self.dim, self.device, self.dtype)
         if y_t is not None and len(y_t) != len(x0_t):
             raise ConfigError(f"y: needs one row per x0 row, got {len(y_t)} and {len(x0_t)}")
+        conditioning = self.config.conditioning
+        if t is not None or params is not None:
+            if conditioning is None:
+                given = ", ".join((["t"] if t is not None else []) + sorted(params or {}))
+                given = given or "params"
+                raise ConfigError(
+                    f"{given}: this model was trained for one horizon and fixed parameters (it "
+                    "has no conditioning); sample it without t= or params=")
+            if cond is not None:
+                raise ConfigError("cond: give either cond rows or t=/params=, not both")
+            cond = conditioning.features(len(x0_t), t=t, params=params)
         c_t = None
         if self.config.cond_dim:
             if cond is None:
+                if not need_cond:
+                    return x0_t, y_t, None
+                names = f" {conditioning.names} (pass t= and params=)" if conditioning else ""
                 raise ConfigError(
-                    f"cond: the model needs {self.config.cond_dim} condition features"
+                    f"cond: the model needs {self.config.cond_dim} condition features{names}"
                 )
             c_t = to_tensor(cond, "cond", self.config.cond_dim, self.device, self.dtype)
             if len(c_t) == 1 and len(x0_t) > 1:
                 c_t = c_t.expand(len(x0_t), -1)
             if len(c_t) != len(x0_t):
                 raise ConfigError(f"cond: needs 1 or {len(x0_t)} rows, got {len(c_t)}")
+            if conditioning is not None:
+                conditioning.check(c_t, allow_outside=allow_outside)
         elif cond is not None:
             raise ConfigError("cond: this model takes no condition features (cond_dim=0)")
         return x0_t, y_t, c_t
 
     # -- public API (physical units) ----------------------------------------------------------
-    def log_prob(self, y: ArrayLike, x0: ArrayLike, cond: ArrayLike | None = None) -> torch.Tensor:
-        r"""Exact :math:`\log q(y \mid x_0)` row by row, shape ``(n,)``."""
-        x0_t, y_t, c_t = self._inputs(x0, y, cond)
+    def log_prob(self, y: ArrayLike, x0: ArrayLike, cond: ArrayLike | None = None, *,
+                 t: Any = None, params: Mapping[str, Any] | None = None,
+                 allow_outside: bool = False) -> torch.Tensor:
+        r"""Exact :math:`\log q(y \mid x_0)` row by row, shape ``(n,)``.
+
+        For a conditioned model, :math:`\log q(y \mid x_0;\, t, θ)` with the time ``t`` and
+        the SDE parameters ``params`` (``{name: value}``), each a scalar or one value per row
+        (or the raw condition rows ``cond``, columns ``conditioning.names``). Conditions outside
+        the trained box raise :class:`~prnf_core.errors.ConfigError` unless
+        ``allow_outside=True`` (then a ``UserWarning``).
+        """
+        x0_t, y_t, c_t = self._inputs(x0, y, cond, t=t, params=params,
+                                      allow_outside=allow_outside)
+        return self._log_prob_tensors(x0_t, y_t, c_t)
+
+    def _log_prob_tensors(self, x0_t: torch.Tensor, y_t: torch.Tensor,
+                          c_t: torch.Tensor | None) -> torch.Tensor:
         yn, ctx = self.normalize(x0_t, y_t, c_t)
         return self._log_prob_normalized(yn, ctx) - torch.log(self.y_std).sum()
 
     @torch.no_grad()
     def sample(self, x0: ArrayLike, cond: ArrayLike | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """One :math:`X_T` per row of ``x0``, shape ``(n, d)`` (no gradient graph)."""
-        x0_t, _, c_t = self._inputs(x0, None, cond)
+               generator: torch.Generator | None = None, *, t: Any = None,
+               params: Mapping[str, Any] | None = None,
+               allow_outside: bool = False) -> torch.Tensor:
+        """One :math:`X_T` (conditioned: :math:`X_t` under ``params``) per row of ``x0``, shape
+        ``(n, d)`` (no gradient graph); ``t``/``params`` as in :meth:`log_prob`."""
+        x0_t, _, c_t = self._inputs(x0, None, cond, t=t, params=params,
+                                    allow_outside=allow_outside)
         _, ctx = self.normalize(x0_t, None, c_t)
         out = self._sample_normalized(ctx, generator) * self.y_std + self.y_mean
         return out + x0_t if self.displaces else out
 
     def sample_initial(self, spec: Any, n: int, seed: int = 0,
-                       cond: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n`` x0 from an initial-distribution spec and push them through: (x0, X_T)."""
+                       cond: ArrayLike | None = None, *, t: Any = None,
+                       params: Mapping[str, Any] | None = None,
+                       allow_outside: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n`` x0 from an initial-distribution spec and push them through: (x0, X_T)
+        (conditioned: X_t under ``params``, as in :meth:`log_prob`)."""
         spec = parse_initial(spec)
         if spec.dim != self.dim:
             raise ConfigError(f"initial: spec has dimension {spec.dim}, model has {self.dim}")
@@ -304,12 +397,16 @@ class ConditionalSampler(nn.Module):
         gen = torch.Generator(device=self.device)
         gen.manual_seed(int(z_seq.generate_state(1, np.uint64)[0]) & (2**63 - 1))
         with torch.no_grad():
-            y = self.sample(x0, cond, generator=gen)
+            y = self.sample(x0, cond, generator=gen, t=t, params=params,
+                            allow_outside=allow_outside)
         return x0, y.cpu().numpy()
 
     def mixture_log_prob(self, y: ArrayLike, x0_samples: ArrayLike,
-                         cond: ArrayLike | None = None, block: int | None = None) -> torch.Tensor:
-        r""":math:`\log \frac1K \sum_k q(y \mid x_0^{(k)})` for every row of ``y``: shape ``(n,)``.
+                         cond: ArrayLike | None = None, block: int | None = None, *,
+                         t: Any = None, params: Mapping[str, Any] | None = None,
+                         allow_outside: bool = False) -> torch.Tensor:
+        r""":math:`\log \frac1K \sum_k q(y \mid x_0^{(k)})` for every row of ``y``: shape ``(n,)``
+        (conditioned: under the condition ``t``/``params``, one value or one per x0 sample).
 
         Evaluated in blocks of at most ``block`` (y, x0) pairs to bound memory; by default sized
         so a block's activations and Jacobians stay near 1 GB (the memory per pair is measured
@@ -317,7 +414,8 @@ class ConditionalSampler(nn.Module):
         """
         if block is None:
             block = max(4096, 2**26 // (self.config.hidden_width * (self.dim + 1)))
-        x0_t, _, c_t = self._inputs(x0_samples, None, cond)
+        x0_t, _, c_t = self._inputs(x0_samples, None, cond, t=t, params=params,
+                                    allow_outside=allow_outside)
         y_t = to_tensor(y, "y", self.dim, self.device, self.dtype)
         k = len(x0_t)
         rows = max(1, block // k)
@@ -328,14 +426,16 @@ class ConditionalSampler(nn.Module):
                 yy = yb.repeat_interleave(k, dim=0)
                 xx = x0_t.repeat(len(yb), 1)
                 cc = None if c_t is None else c_t.repeat(len(yb), 1)
-                lp = self.log_prob(yy, xx, cc).reshape(len(yb), k)
+                lp = self._log_prob_tensors(xx, yy, cc).reshape(len(yb), k)
                 out.append(torch.logsumexp(lp, dim=1) - math.log(k))
         return torch.cat(out)
 
     def reversibility_error(self, y: ArrayLike, x0: ArrayLike,
-                            cond: ArrayLike | None = None) -> torch.Tensor:
+                            cond: ArrayLike | None = None, *, t: Any = None,
+                            params: Mapping[str, Any] | None = None,
+                            allow_outside: bool = False) -> torch.Tensor:
         r"""Per-row :math:`\|g(x_0, f(x_0, y)) - y\|^2` in normalized units (0 for exact flows)."""
-        _, y_t, _ = self._inputs(x0, y, cond)
+        _, y_t, _ = self._inputs(x0, y, cond, t=t, params=params, allow_outside=allow_outside)
         return torch.zeros(len(y_t), device=self.device, dtype=self.dtype)
 
     # -- persistence --------------------------------------------------------------------------
@@ -378,4 +478,11 @@ def load_model(directory: str | Path, device: str | torch.device | None = None
 
 
 def load_metadata(directory: str | Path) -> dict[str, Any]:
-    return json.loads((Path(directory) / "config.json").read_text())
+    """``config.json`` of a saved model; for a conditioned model also ``conditioning``: its box
+    (``time``, ``params``) and condition columns (``names``)."""
+    meta = json.loads((Path(directory) / "config.json").read_text())
+    model = meta.get("model")
+    box = model.get("conditioning") if isinstance(model, dict) else None
+    if box is not None:
+        meta["conditioning"] = {**box, "names": Conditioning.model_validate(box).names}
+    return meta

@@ -2,7 +2,9 @@ r"""The pseudo-reversible normalizing flow (Yang, Wang, del-Castillo-Negrete, Ca
 SIAM J. Sci. Comput. 46(4) C508, 2024; arXiv:2306.05580).
 
 Two unconstrained MLPs conditioned by concatenation on the normalized :math:`x_0` (and optional
-extra condition ``c``):
+extra condition ``c``: with ``ModelConfig.conditioning``, the time and SDE parameters
+:math:`c = (t, θ)` normalized from their box to [-1, 1], so that one model gives
+:math:`q(y \mid x_0;\, t, θ) \approx p(X_t = y \mid X_0 = x_0;\, θ)`):
 
 * forward :math:`f_θ(x_0, y) \to z`, giving the density
   :math:`q(y\mid x_0) = ρ(f_θ(x_0, y))\,|\det ∇_y f_θ(x_0, y)|`, :math:`ρ = N(0, I_d)`;
@@ -33,6 +35,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -149,8 +153,11 @@ class PRNF(ConditionalSampler):
         return nll + lam * rev, {"nll": nll, "rev": rev}
 
     def reversibility_error(self, y: ArrayLike, x0: ArrayLike,
-                            cond: ArrayLike | None = None) -> torch.Tensor:
-        x0_t, y_t, c_t = self._inputs(x0, y, cond)
+                            cond: ArrayLike | None = None, *, t: Any = None,
+                            params: Mapping[str, Any] | None = None,
+                            allow_outside: bool = False) -> torch.Tensor:
+        x0_t, y_t, c_t = self._inputs(x0, y, cond, t=t, params=params,
+                                      allow_outside=allow_outside)
         yn, ctx = self.normalize(x0_t, y_t, c_t)
         with torch.no_grad():
             return ((self.inverse_map(self.forward_map(yn, ctx), ctx) - yn) ** 2).sum(dim=1)

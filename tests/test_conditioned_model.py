@@ -1,0 +1,346 @@
+"""One surrogate of p(X_t | X_0 = x0; θ) for t and θ in a declared box (issue 14, the model half):
+the conditioning domain, the t=/params= API, refusal outside the box, training on (x0, c, y)
+tuples, persistence, the checkpoint fingerprint and the pyfunc wrapper."""
+
+from __future__ import annotations
+
+import doctest
+import types
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from prnf_core.checkpoints import data_id, training_fingerprint, training_pairs
+from prnf_core.dataset import Dataset
+from prnf_core.errors import ConfigError
+from prnf_core.models import Conditioning, ModelConfig, build_model, load_metadata, load_model
+from prnf_core.train import CheckpointMismatchError, TrainConfig, fit
+
+BOX = Conditioning(time=(0.1, 1.0), params={"mu": (0.5, 2.0)})
+ARCHS = ["prnf", "nsf"]
+
+
+def make(arch: str = "prnf", box: Conditioning = BOX, dim: int = 2):
+    model = build_model(ModelConfig(architecture=arch, dim=dim, hidden_width=16, transforms=2,
+                                    dtype="float64", conditioning=box), seed=0)
+    rng = np.random.default_rng(0)
+    model.fit_normalization(rng.normal(size=(64, dim)), rng.normal(size=(64, dim)))
+    return model.eval()
+
+
+def decay(n: int, seed: int = 0, sigma: float = 0.1):
+    """y = x0 exp(-μ t) + N(0, σ²), t ~ U[0.1, 1], μ ~ U[0.5, 2]: rows (x0, (t, μ), y)."""
+    rng = np.random.default_rng(seed)
+    x0 = rng.uniform(-2, 2, (n, 1))
+    cond = np.column_stack([rng.uniform(0.1, 1.0, n), rng.uniform(0.5, 2.0, n)])
+    y = x0 * np.exp(-cond[:, :1] * cond[:, 1:]) + rng.normal(0, sigma, (n, 1))
+    return x0, cond, y
+
+
+# -- the conditioning domain -------------------------------------------------------------------
+def test_the_module_example_runs():
+    import prnf_core.models.conditioning
+
+    assert doctest.testmod(prnf_core.models.conditioning).failed == 0
+
+
+def test_names_dim_features_and_normalization():
+    box = Conditioning(time=(0.0, 2.0), params={"sigma": (0.1, 0.3), "E0": (0.0, 0.01)})
+    assert box.names == ["t", "E0", "sigma"] and box.dim == 3
+    rows = box.features(3, t=[0.5, 1.0, 1.5], params={"sigma": 0.2, "E0": np.array([0, 0.005,
+                                                                                   0.01])})
+    np.testing.assert_allclose(rows, [[0.5, 0.0, 0.2], [1.0, 0.005, 0.2], [1.5, 0.01, 0.2]])
+    mean, std = box.normalization()
+    np.testing.assert_allclose((box.features(1, t=2.0, params={"sigma": 0.1, "E0": 0.01})
+                                - mean) / std, [[1.0, 1.0, -1.0]])
+    assert box.example() == {"t": 2.0, "E0": 0.005, "sigma": 0.2}
+    only_params = Conditioning(params={"mu": (1.0, 3.0)})
+    assert only_params.names == ["mu"]
+    with pytest.raises(ConfigError, match=r"^t: .*one horizon"):
+        only_params.features(2, t=0.5, params={"mu": 2.0})
+
+
+def test_features_name_what_is_missing_or_unknown():
+    with pytest.raises(ConfigError, match=r"^conditions missing: t, mu"):
+        BOX.features(2)
+    with pytest.raises(ConfigError, match=r"^conditions missing: mu"):
+        BOX.features(2, t=0.5)
+    with pytest.raises(ConfigError, match=r"^params: nu not a condition of this model"):
+        BOX.features(2, t=0.5, params={"mu": 1.0, "nu": 1.0})
+    with pytest.raises(ConfigError, match=r"^t: needs a scalar or 2 values"):
+        BOX.features(2, t=[0.5, 0.6, 0.7], params={"mu": 1.0})
+    with pytest.raises(ConfigError, match=r"^mu: contains NaN"):
+        BOX.features(2, t=0.5, params={"mu": np.nan})
+
+
+def test_box_is_validated_and_the_cond_dim_derived():
+    for bad in ({"time": (-0.1, 1.0)}, {"time": (1.0, 1.0)}, {"params": {"mu": (2.0, 1.0)}},
+                {"params": {"t": (0.0, 1.0)}}, {}):
+        with pytest.raises(ValidationError):
+            Conditioning(**bad)
+    assert ModelConfig(dim=1, conditioning=BOX).cond_dim == 2
+    assert ModelConfig(dim=1, cond_dim=2, conditioning=BOX).cond_dim == 2
+    with pytest.raises(ValidationError, match="cond_dim: 3 != the conditioning's 2"):
+        ModelConfig(dim=1, cond_dim=3, conditioning=BOX)
+    # an unconditioned config serializes as before the field existed
+    assert "conditioning" not in ModelConfig(dim=1).model_dump(mode="json")
+    dumped = ModelConfig(dim=1, conditioning=BOX).model_dump(mode="json")
+    assert dumped["conditioning"] == {"time": [0.1, 1.0], "params": {"mu": [0.5, 2.0]}}
+    assert ModelConfig.model_validate(dumped) == ModelConfig(dim=1, conditioning=BOX)
+
+
+def test_the_box_fixes_the_condition_normalization():
+    model = make()
+    torch.testing.assert_close(model.c_mean, torch.tensor([0.55, 1.25], dtype=torch.float64))
+    torch.testing.assert_close(model.c_std, torch.tensor([0.45, 0.75], dtype=torch.float64))
+    x0, cond, y = decay(50)  # a sample's statistics do not move it
+    model.fit_normalization(np.repeat(x0, 2, 1), np.repeat(y, 2, 1), cond)
+    torch.testing.assert_close(model.c_mean, torch.tensor([0.55, 1.25], dtype=torch.float64))
+
+
+# -- the API -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHS)
+def test_api_shapes_with_scalar_and_per_row_conditions(arch):
+    model = make(arch)
+    rng = np.random.default_rng(1)
+    x0, y = rng.normal(size=(5, 2)), rng.normal(size=(5, 2))
+    per_row = {"t": np.linspace(0.1, 1.0, 5), "params": {"mu": np.linspace(0.5, 2.0, 5)}}
+    for conditions in ({"t": 0.5, "params": {"mu": 1.0}}, per_row):
+        assert model.log_prob(y, x0, **conditions).shape == (5,)
+        assert model.sample(x0, **conditions).shape == (5, 2)
+        assert model.reversibility_error(y, x0, **conditions).shape == (5,)
+    assert model.mixture_log_prob(y[:3], x0, t=0.5, params={"mu": 1.0}).shape == (3,)
+    x0s, ys = model.sample_initial({"kind": "gaussian", "mean": [0.0, 0.0], "std": [1.0, 1.0]},
+                                   4, seed=2, t=1.0, params={"mu": 2.0})
+    assert x0s.shape == ys.shape == (4, 2)
+    # t=/params= and the raw condition rows are the same thing
+    cond = np.column_stack([per_row["t"], per_row["params"]["mu"]])
+    torch.testing.assert_close(model.log_prob(y, x0, cond), model.log_prob(y, x0, **per_row))
+    a = model.sample(x0, generator=torch.Generator().manual_seed(0), **per_row)
+    b = model.sample(x0, cond, torch.Generator().manual_seed(0))  # the old positional form
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the condition matters
+    assert not torch.allclose(model.log_prob(y, x0, t=0.1, params={"mu": 1.0}),
+                              model.log_prob(y, x0, t=1.0, params={"mu": 1.0}))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_conditions_outside_the_box_are_refused_naming_the_box(arch):
+    model = make(arch)
+    x0, y = np.zeros((3, 2)), np.zeros((3, 2))
+    with pytest.raises(ConfigError, match=r"^t: 1\.5 is outside the trained time range "
+                                          r"\[0\.1, 1\.0\]; pass allow_outside=True"):
+        model.sample(x0, t=1.5, params={"mu": 1.0})
+    with pytest.raises(ConfigError, match=r"^mu: values from 1\.0 to 3\.0 are outside the "
+                                          r"trained range of parameter mu \[0\.5, 2\.0\]"):
+        model.log_prob(y, x0, t=0.5, params={"mu": [1.0, 2.0, 3.0]})
+    with pytest.raises(ConfigError, match=r"t: 0\.0 is outside .*; mu: 9\.0 is outside"):
+        model.log_prob(y, x0, np.array([[0.0, 9.0]]))  # raw cond rows are checked too
+    with pytest.raises(ConfigError, match=r"mu: 0\.1 is outside"):
+        model.mixture_log_prob(y, x0, t=0.5, params={"mu": 0.1})
+    with pytest.warns(UserWarning, match=r"t: 1\.5 is outside the trained time range "
+                                         r"\[0\.1, 1\.0\].*extrapolates"):
+        out = model.sample(x0, t=1.5, params={"mu": 1.0}, allow_outside=True)
+    assert out.shape == (3, 2) and torch.isfinite(out).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inside the box (its ends included): no warning
+        model.sample(x0, t=[0.1, 1.0, 0.5], params={"mu": 2.0})
+
+
+def test_missing_or_doubled_conditions_are_refused():
+    model = make()
+    x0 = np.zeros((3, 2))
+    with pytest.raises(ConfigError, match=r"^cond: the model needs 2 condition features "
+                                          r"\['t', 'mu'\]"):
+        model.sample(x0)
+    with pytest.raises(ConfigError, match=r"^conditions missing: mu"):
+        model.sample(x0, t=0.5)
+    with pytest.raises(ConfigError, match="either cond rows or t=/params="):
+        model.sample(x0, np.array([[0.5, 1.0]]), t=0.5, params={"mu": 1.0})
+
+
+def test_a_model_without_conditioning_refuses_t():
+    plain = build_model(ModelConfig(dim=2, hidden_width=8), seed=0)
+    plain.fit_normalization(np.zeros((4, 2)), np.ones((4, 2)))
+    with pytest.raises(ConfigError, match=r"^t: this model was trained for one horizon and "
+                                          r"fixed parameters"):
+        plain.sample(np.zeros((3, 2)), t=0.5)
+    with pytest.raises(ConfigError, match=r"^mu: this model was trained for one horizon"):
+        plain.log_prob(np.zeros((3, 2)), np.zeros((3, 2)), params={"mu": 1.0})
+
+
+# -- training ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("arch", "epochs"), [("prnf", 40), ("nsf", 15)])
+def test_fit_on_tuples_learns_the_conditional_law(arch, epochs):
+    """y = x0 exp(-μ t) + N(0, 0.1²): after a short CPU training (a few seconds) the validation
+    NLL nears the exact conditional entropy and the sample mean and spread at several (x0, t, μ)
+    inside the box follow the exact ones; the means span [-0.6, 1.3] across the conditions."""
+    x0, cond, y = decay(6000)
+    model = build_model(ModelConfig(architecture=arch, dim=1, hidden_width=32,
+                                    conditioning=BOX), seed=0)
+    result = fit(model, (x0, cond, y), TrainConfig(epochs=epochs, batch_size=250, lr=5e-3,
+                                                   lam=10.0, progress=False, seed=0))
+    assert result.n_train == 4800 and result.n_val == 1200
+    # exact conditional entropy: 0.5 log(2πe 0.1²) = -0.884
+    assert result.best_val_nll < -0.75, result.best_val_nll
+    for x, t, mu in [(1.5, 0.2, 0.8), (1.5, 0.9, 1.8), (-1.0, 0.5, 1.0), (1.0, 0.3, 1.5),
+                     (-1.5, 0.2, 0.7), (0.5, 0.7, 1.0)]:
+        samples = model.sample(np.full((2000, 1), x), t=t, params={"mu": mu},
+                               generator=torch.Generator().manual_seed(0))
+        want = x * np.exp(-mu * t)
+        mean, std = float(samples.mean()), float(samples.std())
+        assert abs(mean - want) < 0.08 and 0.07 < std < 0.2, (x, t, mu, mean, want, std)
+
+
+def test_fit_checks_the_condition_columns():
+    x0, cond, y = decay(200)
+    plain = build_model(ModelConfig(dim=1, hidden_width=8), seed=0)
+    with pytest.raises(ConfigError, match=r"^model\.cond_dim: the data are \(x0, cond, X_T\) "
+                                          r"tuples .* \(2 condition features\) but the model "
+                                          r"has cond_dim=0"):
+        fit(plain, (x0, cond, y), TrainConfig(epochs=1, progress=False))
+    boxed = build_model(ModelConfig(dim=1, hidden_width=8, conditioning=BOX), seed=0)
+    with pytest.raises(ConfigError, match=r"^model\.cond_dim: .*\(1 condition features\) but "
+                                          r"the model has cond_dim=2"):
+        fit(boxed, (x0, cond[:, :1], y), TrainConfig(epochs=1, progress=False))
+    with pytest.raises(ConfigError, match=r"^model\.cond_dim: the data are \(x0, X_T\) pairs"):
+        fit(boxed, (x0, y), TrainConfig(epochs=1, progress=False))
+    outside = cond.copy()
+    outside[3, 0] = 2.0
+    with pytest.raises(ConfigError, match=r"^data\.cond: t: values from .* to 2\.0 are outside "
+                                          r"the trained time range \[0\.1, 1\.0\]"):
+        fit(boxed, (x0, outside, y), TrainConfig(epochs=1, progress=False))
+
+
+class _Store(Dataset):
+    """A stand-in for a store simulated with save_times and a param_box (the dataset half of
+    issue 14 provides ``conditioned_tuples``)."""
+
+    def __init__(self, rows, names, save_times=(0.5, 1.0), param_box=None):
+        self._rows, self._names = rows, names
+        self._config = types.SimpleNamespace(save_times=list(save_times or []) or None,
+                                             param_box=param_box)
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def dataset_id(self):
+        return "test-store"
+
+    def conditioned_tuples(self):
+        return (*self._rows, self._names)
+
+    def pairs(self):
+        return self._rows[0], self._rows[2]
+
+
+def test_fit_on_a_store_uses_its_conditioned_tuples():
+    x0, cond, y = decay(300)
+    model = build_model(ModelConfig(dim=1, hidden_width=8, conditioning=BOX), seed=0)
+    result = fit(model, _Store((x0, cond, y), ["t", "mu"]), TrainConfig(epochs=1,
+                                                                      progress=False))
+    assert result.n_train == 240
+    with pytest.raises(ConfigError, match=r"^model\.conditioning: the model is conditioned on "
+                                          r"\['t', 'mu'\] but the dataset's condition columns "
+                                          r"are \['t', 'sigma'\]"):
+        fit(model, _Store((x0, cond, y), ["t", "sigma"]), TrainConfig(epochs=1, progress=False))
+    with pytest.raises(ConfigError, match="save_times and/or a param_box"):
+        fit(model, _Store((x0, cond, y), ["t", "mu"], save_times=None),
+            TrainConfig(epochs=1, progress=False))
+    # one horizon, parameters only: the store's constant t column is dropped
+    mu_only = build_model(ModelConfig(dim=1, hidden_width=8,
+                                      conditioning=Conditioning(params={"mu": (0.5, 2.0)})))
+    one_horizon = np.column_stack([np.ones(300), cond[:, 1]])
+    fit(mu_only, _Store((x0, one_horizon, y), ["t", "mu"], save_times=None,
+                        param_box={"mu": (0.5, 2.0)}), TrainConfig(epochs=1, progress=False))
+    # an unconditioned model is refused a store that varies SDE parameters
+    plain = build_model(ModelConfig(dim=1, hidden_width=8))
+    with pytest.raises(ConfigError, match=r"^model\.cond_dim: the dataset varies SDE param"):
+        fit(plain, _Store((x0, cond, y), ["t", "mu"], param_box={"mu": (0.5, 2.0)}),
+            TrainConfig(epochs=1, progress=False))
+
+
+def test_training_pairs_and_data_id_take_three_tuples():
+    x0, cond, y = decay(10)
+    arrays = training_pairs((x0, cond, y))
+    assert len(arrays) == 3 and arrays[1].shape == (10, 2)
+    other = cond.copy()
+    other[0, 1] += 0.1
+    assert data_id((x0, cond, y)) == data_id((x0, cond.copy(), y))
+    assert data_id((x0, cond, y)) != data_id((x0, other, y))  # the condition rows count
+    assert data_id((x0, cond, y)) != data_id((x0, y))
+
+
+def test_the_fingerprint_covers_the_conditioning(tmp_path):
+    training = TrainConfig(epochs=1, progress=False)
+    fields, a = training_fingerprint("d", ModelConfig(dim=1, conditioning=BOX), training)
+    assert fields["model.conditioning"] == {"time": [0.1, 1.0], "params": {"mu": [0.5, 2.0]}}
+    wider = Conditioning(time=(0.1, 1.0), params={"mu": (0.5, 3.0)})
+    assert training_fingerprint("d", ModelConfig(dim=1, conditioning=wider), training)[1] != a
+    plain_fields, _ = training_fingerprint("d", ModelConfig(dim=1), training)
+    assert "model.conditioning" not in plain_fields  # unconditioned fingerprints unchanged
+    # a checkpoint written for one box is not resumed for another
+    x0, cond, y = decay(200)
+    model = build_model(ModelConfig(dim=1, hidden_width=8, conditioning=BOX), seed=0)
+    fit(model, (x0, cond, y), training, checkpoint_dir=tmp_path)
+    other = build_model(ModelConfig(dim=1, hidden_width=8, conditioning=wider), seed=0)
+    with pytest.raises(CheckpointMismatchError, match=r"model\.conditioning"):
+        fit(other, (x0, cond, y), training, checkpoint_dir=tmp_path, resume=True)
+
+
+# -- persistence and the pyfunc wrapper -----------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_load_keeps_the_conditioning(arch, tmp_path):
+    model = make(arch)
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m", device="cpu")
+    assert loaded.config.conditioning == BOX and loaded.conditioning.names == ["t", "mu"]
+    x0, y = np.zeros((3, 2)), np.ones((3, 2))
+    torch.testing.assert_close(loaded.log_prob(y, x0, t=0.3, params={"mu": 1.0}),
+                               model.log_prob(y, x0, t=0.3, params={"mu": 1.0}), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="outside the trained time range"):
+        loaded.sample(x0, t=5.0, params={"mu": 1.0})
+    meta = load_metadata(tmp_path / "m")
+    assert meta["conditioning"] == {"time": [0.1, 1.0], "params": {"mu": [0.5, 2.0]},
+                                    "names": ["t", "mu"]}
+
+
+def test_pyfunc_takes_conditions_as_params(tmp_path):
+    from mlflow.models import infer_signature
+
+    from tasks.pyfunc import load_surrogate, signature_params
+
+    model = make("prnf", dim=1)
+    model.save(tmp_path / "m")
+    wrapper = load_surrogate(str(tmp_path / "m"))
+    x0 = np.zeros((4, 1))
+    a = wrapper.predict(None, x0, {"seed": 3, "t": 0.5, "mu": 1.0})
+    b = wrapper.model.sample(x0, generator=torch.Generator().manual_seed(3), t=0.5,
+                             params={"mu": 1.0}).numpy()
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ConfigError, match="conditions missing: mu"):
+        wrapper.predict(None, x0, {"seed": 3, "t": 0.5})
+    with pytest.raises(ConfigError, match="outside the trained"):
+        wrapper.predict(None, x0, {"seed": 3, "t": 0.5, "mu": 9.0})
+    assert wrapper.log_prob(np.ones((4, 1)), x0, t=0.5, params={"mu": 1.0}).shape == (4,)
+    x0s, ys = wrapper.sample_initial({"kind": "point_mass", "point": [0.0]}, 3, t=0.2,
+                                     params={"mu": 1.0})
+    assert x0s.shape == ys.shape == (3, 1)
+    params = signature_params(wrapper.model)
+    assert params == {"seed": 0, "t": 1.0, "mu": 1.25}
+    signature = infer_signature(x0, a, params=params)
+    assert {p.name: p.default for p in signature.params} == params
+    # an unconditioned model's signature keeps seed only, and its predict refuses t
+    plain = build_model(ModelConfig(dim=1, hidden_width=8), seed=0)
+    plain.fit_normalization(np.zeros((4, 1)), np.ones((4, 1)))
+    plain.save(tmp_path / "p")
+    plain_wrapper = load_surrogate(str(tmp_path / "p"))
+    assert signature_params(plain_wrapper.model) == {"seed": 0}
+    assert plain_wrapper.predict(None, x0, {"seed": 1}).shape == (4, 1)
+    with pytest.raises(ConfigError, match="one horizon and fixed parameters"):
+        plain_wrapper.predict(None, x0, {"seed": 1, "t": 0.5})
