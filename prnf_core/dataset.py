@@ -9,9 +9,12 @@ One Zarr group per dataset::
       x0        (n, d)     initial states, chunked (chunk_size, d) along particles
       xT        (n, d)     final states at t_end
       snapshots (k, n, d)  states at config.save_times (only when asked)
+      theta     (n, p)     float64 per-particle parameters, columns sorted(config.param_box),
+                           chunked (chunk_size, p) (only with a param_box)
       chunk_done (n_chunks,) uint8, one Zarr chunk per entry: 1 once a chunk's data is written
       chunk_seconds (n_chunks,) float64: each chunk's simulation time (for cost reports)
-      x0_checksum, xT_checksum, snapshots_checksum (n_chunks,) uint64, one Zarr chunk per entry:
+      x0_checksum, xT_checksum, snapshots_checksum, theta_checksum (n_chunks,) uint64, one Zarr
+                           chunk per entry:
                            each chunk's digest, recorded before chunk_done (prnf_core.integrity)
 
 Every simulation chunk is one Zarr chunk of each array and has exactly one writer, so parallel
@@ -41,6 +44,10 @@ and has its dataset id. A growth killed between the two steps leaves attributes 
 arrays, which the next :func:`grow_dataset` or :func:`create_dataset` with that config completes
 (the resize is idempotent); stored chunks are never touched. Only a store of whole chunks grows
 (a partial last chunk would change content), and a store never shrinks.
+
+Conditioned datasets. A config with ``save_times`` and a ``param_box`` holds, per particle, x0,
+its θ (``theta``) and its states at several times: :meth:`Dataset.conditioned_tuples` flattens
+them into the ``(x0, [t, θ...], x_t)`` rows a surrogate over (t, θ) trains on.
 
 The configuration, its id and the content of each chunk are in :mod:`prnf_core.dataset_config`
 (re-exported here).
@@ -134,6 +141,12 @@ class Dataset:
         return int(self.group["x0"].shape[1])
 
     @property
+    def param_names(self) -> list[str]:
+        """Names of the per-particle parameters, the columns of ``theta``: ``sorted(param_box)``
+        ([] for a dataset without ``param_box``)."""
+        return self.config.param_names
+
+    @property
     def n_particles(self) -> int:
         return int(self.group["x0"].shape[0])
 
@@ -149,19 +162,31 @@ class Dataset:
 
     # -- writing ------------------------------------------------------------------------------
     def write_chunk(self, index: int, x0: np.ndarray, xT: np.ndarray,
-                    snapshots: np.ndarray | None, seconds: float = float("nan")) -> None:
+                    snapshots: np.ndarray | None, seconds: float = float("nan"),
+                    theta: np.ndarray | None = None) -> None:
         """Write one chunk's arrays and their checksums, then mark it done (the marker last).
 
-        ``seconds`` is the chunk's simulation time, kept for cost reports.
+        ``seconds`` is the chunk's simulation time, kept for cost reports. ``theta``: the
+        chunk's per-particle parameters ``(rows, p)``, required by (and only by) a store with a
+        ``theta`` array.
         """
         config = self.config
         start, stop = config.chunk_bounds(index)
-        for name, arr in (("x0", x0), ("xT", xT)):
-            if arr.shape != (stop - start, self.dim):
-                raise ValueError(f"{name}: chunk {index} needs shape {(stop - start, self.dim)}")
+        checks = [("x0", x0, self.dim), ("xT", xT, self.dim)]
+        if "theta" in self.group:
+            if theta is None:
+                raise ValueError(f"theta: chunk {index} of a dataset with a param_box needs its "
+                                 "per-particle parameters; not written")
+            checks.append(("theta", theta, self.group["theta"].shape[1]))
+        elif theta is not None:
+            raise ValueError(f"theta: the dataset at {self.path} has no param_box; chunk "
+                             f"{index} not written")
+        for name, arr, width in checks:
+            if arr.shape != (stop - start, width):
+                raise ValueError(f"{name}: chunk {index} needs shape {(stop - start, width)}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"{name}: chunk {index} holds non-finite values; not written")
-        for name, arr in (("x0", x0), ("xT", xT), ("snapshots", snapshots)):
+        for name, arr in (("x0", x0), ("xT", xT), ("snapshots", snapshots), ("theta", theta)):
             if arr is None:
                 continue
             stored = np.asarray(arr, dtype=self.group[name].dtype)  # hash what is stored
@@ -210,7 +235,7 @@ class Dataset:
                 f"chunks missing (first: {missing[:5]}); re-run the simulation to fill them"
             )
 
-    def load(self, name: Literal["x0", "xT", "snapshots"] = "xT",
+    def load(self, name: Literal["x0", "xT", "snapshots", "theta"] = "xT",
              allow_partial: bool = False) -> np.ndarray:
         """A whole array as numpy (only complete datasets unless ``allow_partial``).
 
@@ -229,7 +254,7 @@ class Dataset:
         self._raise_if_corrupt(name, data)
         return data
 
-    def to_dask(self, name: Literal["x0", "xT", "snapshots"] = "xT"):
+    def to_dask(self, name: Literal["x0", "xT", "snapshots", "theta"] = "xT"):
         """A lazily loaded dask array, one block per chunk, each verified when it is computed."""
         import dask.array as da
         from dask import delayed
@@ -249,6 +274,34 @@ class Dataset:
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """Training pairs ``(x0, xT)`` as numpy arrays."""
         return self.load("x0"), self.load("xT")
+
+    def conditioned_tuples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """Training rows of a surrogate conditioned on time and parameters.
+
+        Returns ``(x0_rows, cond, y, cond_names)``: for each particle ``i`` and each snapshot
+        time ``t_j`` (``config.save_times``; without them the one time ``t_end``, from ``xT``) a
+        row ``x0_rows = x0[i]`` ``(n·k, d)``, ``cond = [t_j, θ_i...]`` ``(n·k, 1 + p)`` float64
+        and ``y = X_{t_j}`` of particle ``i`` ``(n·k, d)``, ``cond_names = ["t", *param_names]``.
+        Row order is particle-major: all times of particle 0, then particle 1, ... Only complete
+        datasets; every array read is verified.
+        """
+        config = self.config
+        x0 = self.load("x0")
+        n = x0.shape[0]
+        if config.save_times:
+            times = np.asarray(config.save_times, dtype=np.float64)
+            states = self.load("snapshots")  # (k, n, d)
+        else:
+            times = np.array([float(config.horizon)])
+            states = self.load("xT")[None]
+        k = len(times)
+        y = np.ascontiguousarray(states.transpose(1, 0, 2)).reshape(n * k, self.dim)
+        names = self.param_names
+        cond = np.empty((n * k, 1 + len(names)), dtype=np.float64)
+        cond[:, 0] = np.tile(times, n)
+        if names:
+            cond[:, 1:] = np.repeat(self.load("theta").astype(np.float64), k, axis=0)
+        return np.repeat(x0, k, axis=0), cond, y, ["t", *names]
 
 
 def _compressor() -> BloscCodec:
@@ -382,7 +435,7 @@ def _fit_arrays(dataset: Dataset, config: DatasetConfig) -> None:
     group = dataset.group
     n, n_chunks = config.n_particles, config.n_chunks
     for name in sorted(group.array_keys()):
-        if name in ("x0", "xT", "snapshots"):
+        if name in ("x0", "xT", "snapshots", "theta"):
             axis, size = (1 if name == "snapshots" else 0), n
         elif name in ("chunk_done", "chunk_seconds") or name.endswith("_checksum"):
             axis, size = 0, n_chunks
@@ -428,7 +481,13 @@ def _create_store(config: DatasetConfig, path: str, role: str | None) -> Dataset
                        fill_value=0, compressors=None)
     group.create_array("chunk_seconds", shape=(config.n_chunks,), chunks=(1,), dtype="float64",
                        fill_value=np.nan, compressors=None)
-    create_checksum_arrays(group, ["x0", "xT"] + (["snapshots"] if config.save_times else []),
+    if config.param_box is not None:
+        p = len(config.param_names)
+        group.create_array("theta", shape=(n, p), chunks=(cs, p), dtype="float64",
+                           compressors=_compressor(), fill_value=np.nan,
+                           dimension_names=("particle", "parameter"))
+    create_checksum_arrays(group, ["x0", "xT"] + (["snapshots"] if config.save_times else [])
+                           + (["theta"] if config.param_box is not None else []),
                            config.n_chunks)
     # Attributes last: a store without them is not yet a dataset and is recreated cleanly.
     group.attrs[ATTR_KEY] = {
@@ -562,9 +621,9 @@ def simulate_and_write_chunk(path: str, index: int, device: str | None = None,
             f"resolves to {now} (a samples_file initial law changed?); chunk {index} not "
             "written: restore the inputs or simulate into another output path"
         )
-    x0, xT, snaps = simulate_chunk_arrays(config, index, device=device)
+    x0, xT, snaps, theta = simulate_chunk_arrays(config, index, device=device)
     simulated = time.perf_counter()
-    dataset.write_chunk(index, x0, xT, snaps, seconds=simulated - started)
+    dataset.write_chunk(index, x0, xT, snaps, seconds=simulated - started, theta=theta)
     return {
         "chunk": index,
         "skipped": False,

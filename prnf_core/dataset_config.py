@@ -12,6 +12,20 @@ generator it was started with, never mixing two noise streams. The family id
 (:meth:`DatasetConfig.family_id`) hashes the same fields but the size: chunk ``i`` is the same in
 every config of a family, which is what lets a store grow (:func:`prnf_core.dataset.grow_dataset`).
 
+Datasets over (t, θ). ``param_box`` names parameters of the problem's ``SDE.varying`` and a box
+``[low, high]`` for each; every particle then gets its own θ (order: ``sorted(param_box)``),
+stored in the array ``theta``, a pure function of (config, chunk) (:func:`chunk_theta`):
+
+* ``param_design="sobol"`` (default): one scrambled Sobol sequence for the whole dataset, seeded
+  by ``SeedSequence(seed, spawn_key=(2**31 - 1,))``; chunk ``[start, stop)`` takes its points
+  ``start..stop-1`` (``fast_forward(start)``), so a prefix of a larger dataset is the same;
+* ``"uniform"``: i.i.d. uniform in the box from the chunk's third child seed (its first two draw
+  x0 and the noise, which are therefore the same with and without a ``param_box``).
+
+With ``save_times`` this is the data of a surrogate conditioned on (t, θ)
+(:meth:`prnf_core.dataset.Dataset.conditioned_tuples`). The id covers ``param_box`` and
+``param_design`` only when ``param_box`` is set, so ids of other configs are unchanged.
+
 >>> from prnf_core.dataset_config import DatasetConfig
 >>> cfg = DatasetConfig(problem="bm1d", n_particles=1000, chunk_size=250)
 >>> cfg.n_chunks, len(cfg.dataset_id())
@@ -23,7 +37,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any
+import warnings
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -70,6 +85,16 @@ class DatasetConfig(BaseModel):
                           "gives other bits on another generator. Default: the one of the "
                           "execution device, fixed when the run starts.",
     )
+    param_box: dict[str, tuple[float, float]] | None = Field(
+        None, description="Per-particle parameters: name -> (low, high) for names in the "
+                          "problem's SDE.varying; each particle gets its θ (stored in `theta`, "
+                          "columns in sorted name order). None: every particle uses the "
+                          "problem's parameters.",
+    )
+    param_design: Literal["sobol", "uniform"] = Field(
+        "sobol", description="How θ fills param_box: a scrambled Sobol sequence over the whole "
+                             "dataset, or i.i.d. uniform per chunk (both seeded by `seed`).",
+    )
 
     @field_validator("initial", mode="before")
     @classmethod
@@ -86,6 +111,8 @@ class DatasetConfig(BaseModel):
             )
         step_count(self.horizon, self.step)
         save_steps(self.save_times, self.horizon, self.step)
+        if self.param_box is not None:
+            _check_param_box(self.param_box, sde)
         gen = self.noise_generator
         right = None if gen is None else noise_generator(generator_device(gen), self.dtype)
         if gen != right:
@@ -168,7 +195,21 @@ class DatasetConfig(BaseModel):
             "save_times": self.save_times,
             "dtype": self.dtype,
             "noise_generator": self.generator(),
+            **self._param_fields(),
         }
+
+    def _param_fields(self) -> dict[str, Any]:
+        # only when set: the ids of configs without per-particle parameters stay what they were
+        if self.param_box is None:
+            return {}
+        return {"param_box": {k: [float(lo), float(hi)] for k, (lo, hi) in
+                              sorted(self.param_box.items())},
+                "param_design": self.param_design}
+
+    @property
+    def param_names(self) -> list[str]:
+        """The per-particle parameters, in the column order of ``theta``: ``sorted(param_box)``."""
+        return sorted(self.param_box) if self.param_box else []
 
     def dataset_id(self) -> str:
         return _short_hash(self.resolved())
@@ -203,14 +244,70 @@ def _short_hash(fields: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def _check_param_box(box: dict[str, tuple[float, float]], sde: SDE) -> None:
+    allowed = list(sde.varying)
+    if not allowed:
+        raise ValueError(f"param_box: problem {sde.name!r} has no parameters that vary per "
+                         "particle (its SDE.varying is empty); leave param_box unset")
+    if not box:
+        raise ValueError(f"param_box: name at least one parameter; allowed: {allowed}")
+    unknown = sorted(k for k in box if k not in allowed)
+    if unknown:
+        raise ValueError(f"param_box: problem {sde.name!r} cannot vary {unknown} per particle; "
+                         f"allowed: {allowed}")
+    for name, (low, high) in box.items():
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"param_box: {name!r} needs finite low < high, got "
+                             f"[{low}, {high}]")
+
+
 def chunk_seed(seed: int, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(seed, spawn_key=(index,))
 
 
+SOBOL_SPAWN_KEY = 2**31 - 1
+"""The spawn key of the Sobol design's seed: ``SeedSequence(seed, spawn_key=(2**31 - 1,))``, a
+child no chunk uses (chunk ``i`` is child ``i``)."""
+
+
+def chunk_theta(config: DatasetConfig, index: int) -> np.ndarray | None:
+    """Per-particle parameters ``(stop - start, p)`` float64 of chunk ``index`` (``None`` without
+    ``param_box``): a pure function of (config, index), columns in ``config.param_names`` order.
+
+    >>> cfg = DatasetConfig(problem="bm1d", n_particles=8, chunk_size=4,
+    ...                     param_box={"mu": (0.0, 2.0), "sigma": (0.5, 1.0)})
+    >>> theta = chunk_theta(cfg, 1)
+    >>> theta.shape, bool(((theta >= [0.0, 0.5]) & (theta < [2.0, 1.0])).all())
+    ((4, 2), True)
+    """
+    if config.param_box is None:
+        return None
+    names = config.param_names
+    start, stop = config.chunk_bounds(index)
+    if config.param_design == "sobol":
+        from scipy.stats import qmc
+
+        seq = np.random.SeedSequence(config.seed, spawn_key=(SOBOL_SPAWN_KEY,))
+        sampler = qmc.Sobol(d=len(names), scramble=True, rng=np.random.default_rng(seq))
+        with warnings.catch_warnings():  # "balance properties need n = 2^m": the whole
+            warnings.simplefilter("ignore", UserWarning)  # sequence is balanced, not each chunk
+            if start:  # scipy refuses fast_forward(0)
+                sampler.fast_forward(start)
+            unit = sampler.random(stop - start)
+    else:
+        theta_seq = chunk_seed(config.seed, index).spawn(3)[2]
+        unit = np.random.default_rng(theta_seq).random((stop - start, len(names)))
+    low = np.array([config.param_box[k][0] for k in names], dtype=np.float64)
+    high = np.array([config.param_box[k][1] for k in names], dtype=np.float64)
+    return np.ascontiguousarray(low + unit * (high - low), dtype=np.float64)
+
+
 def simulate_chunk_arrays(
     config: DatasetConfig, index: int, device: str | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """x0, xT and snapshots of chunk ``index``: a pure function of (config, index).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """x0, xT, snapshots and theta of chunk ``index``: a pure function of (config, index).
+
+    ``theta`` (per-particle parameters, :func:`chunk_theta`) is ``None`` without ``param_box``.
 
     Runs on ``device`` (default: the device of the config's noise generator, see
     :meth:`DatasetConfig.on_device`); a device with another generator is refused.
@@ -218,16 +315,20 @@ def simulate_chunk_arrays(
     config = config.on_device(device)
     device = device or generator_device(config.generator())
     start, stop = config.chunk_bounds(index)
-    x0_seq, noise_seq = chunk_seed(config.seed, index).spawn(2)
+    x0_seq, noise_seq = chunk_seed(config.seed, index).spawn(2)  # theta: the 3rd (uniform)
     x0 = config.initial_spec().sample(stop - start, np.random.default_rng(x0_seq))
     dtype = np.float64 if config.dtype == "float64" else np.float32
     x0 = np.ascontiguousarray(x0, dtype=dtype)
     sde = config.sde()
+    theta = chunk_theta(config, index)
+    values = None if theta is None else {k: theta[:, j] for j, k in
+                                          enumerate(config.param_names)}
     try:
         result = simulate(sde, x0, config.horizon, config.step, seed=noise_seq,
-                          save_times=config.save_times, dtype=config.dtype, device=device)
+                          save_times=config.save_times, dtype=config.dtype, device=device,
+                          param_values=values)
     except Exception as exc:
         if hasattr(exc, "in_chunk"):
             raise exc.in_chunk(index) from None
         raise
-    return x0, result.xT, result.snapshots
+    return x0, result.xT, result.snapshots, theta

@@ -1,11 +1,12 @@
 """Chunk checksums and the exclusive writer lock of a dataset store.
 
-Checksums. When a chunk is written, a 64-bit BLAKE2b digest of each of its arrays (``x0``, ``xT``
-and ``snapshots``), taken over the bytes as stored (the store's dtype, little-endian, C order), is
-recorded in ``<name>_checksum``: a uint64 array with one Zarr chunk per simulation chunk, so the
-one writer of a chunk is also the only writer of its checksums (group attributes would not do:
-they are a single JSON document every writer would rewrite). Digests are written after the data
-and before ``chunk_done``. Readers recompute them, so a chunk file with flipped bits, truncated
+Checksums. When a chunk is written, a 64-bit BLAKE2b digest of each of its arrays (``x0``, ``xT``,
+``snapshots`` and ``theta``, the per-particle parameters of a dataset with a ``param_box``), taken
+over the bytes as stored (the store's dtype, little-endian, C order), is recorded in
+``<name>_checksum``: a uint64 array with one Zarr chunk per simulation chunk, so the one writer of
+a chunk is also the only writer of its checksums (group attributes would not do: they are a single
+JSON document every writer would rewrite). Digests are written after the data and before
+``chunk_done``. Readers recompute them, so a chunk file with flipped bits, truncated
 (Blosc cannot decode it) or deleted (Zarr silently returns the NaN fill value) makes the read fail
 with :class:`~prnf_core.errors.CorruptChunkError` naming the chunks, instead of returning wrong
 numbers. 0 means "no checksum recorded"; a true digest of 0 is stored as 1.
@@ -39,7 +40,7 @@ import zarr
 
 from prnf_core.errors import StoreLockedError
 
-DATA_ARRAYS = ("x0", "xT", "snapshots")
+DATA_ARRAYS = ("x0", "xT", "snapshots", "theta")
 NOT_RECORDED = 0
 LOCK_POLL_SECONDS = 0.2
 

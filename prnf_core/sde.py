@@ -11,10 +11,24 @@ parameter mapping. The shape ``diffusion`` must return depends on ``noise``:
 ===========  ===========================  =======================================================
 noise        diffusion returns            update
 ===========  ===========================  =======================================================
-additive     ``(d,)`` or ``(d, m)``        σ does not depend on x (it may depend on t)
+additive     ``(d,)`` or ``(d, m)``        σ does not depend on x (it may depend on t);
+                                         with per-particle parameters also ``(n, d)``: a
+                                         per-particle diagonal σ (m = d)
 diagonal     ``(n, d)``                   :math:`X^i \mathrel{+}= σ^i(X)\,ΔW^i`, m = d
 general      ``(n, d, m)``                :math:`X^i \mathrel{+}= \sum_j σ^{ij}(X)\,ΔW^j`
 ===========  ===========================  =======================================================
+
+Per-particle parameters. The parameters named in ``SDE.varying`` may take one value per particle:
+``simulate(sde, x0, param_values={"mu": mu})`` with ``mu`` an ``(n,)`` array hands the coefficients
+``params`` in which ``params["mu"]`` is a torch tensor of shape ``(n, 1)`` (simulation device and
+dtype) that broadcasts against the ``(n, d)`` state; the other entries stay as they are. The
+coefficients of such an SDE must therefore work with a scalar *or* an ``(n, 1)`` tensor for each
+varying parameter (and derive any constants from it, not from a value fixed when the SDE was
+built). Without ``param_values`` the coefficients get ``SDE.params`` unchanged: the fixed-θ path
+is exactly the one of an SDE without varying parameters. An additive-noise σ that depends on a
+varying parameter returns an ``(n, d)`` per-particle diagonal (above); the simulator reads an
+``(n, d)`` result as such, and only when ``n == d == m`` asks the fixed-parameter σ's shape to
+tell it from a ``(d, m)`` matrix.
 
 Example:
     >>> import torch
@@ -34,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -140,6 +155,10 @@ class SDE:
             P_i`: domain knowledge a surrogate may use (``ModelConfig.x0_period="problem"``).
             True for a drift and diffusion that are :math:`P`-periodic in the state and no
             boundary, e.g. the ABC flow (period 2π in every coordinate).
+        varying: Names of the parameters that may take one value per particle
+            (``simulate(..., param_values=...)``, datasets' ``param_box``); each must be a real
+            scalar entry of ``params``. The coefficients then receive it as an ``(n, 1)``
+            tensor (module doc).
         qois: Quantities of interest the problem names, ``name -> f(samples)`` returning
             ``{"name", "value", "stderr"}`` (:data:`QoIFunction`; e.g. built with
             :func:`prnf_core.validation.binomial_qoi`). Validation compares the first one
@@ -164,6 +183,7 @@ class SDE:
     description: str = ""
     x0_period: Sequence[float | None] | None = None
     qois: Mapping[str, QoIFunction] = field(default_factory=dict)
+    varying: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim < 1:
@@ -213,6 +233,7 @@ class SDE:
             raise ValueError(f"SDE.qois must map names to functions of the samples, "
                              f"got {self.qois!r}")
         object.__setattr__(self, "qois", dict(self.qois))
+        object.__setattr__(self, "varying", _check_varying(self.varying, self.params))
 
     # -- properties declared for solvers and for later layers -------------------------------
     @property
@@ -228,11 +249,17 @@ class SDE:
         """The first declared quantity of interest (the one validation reports), or ``None``."""
         return next(iter(self.qois.values()), None)
 
-    def coefficients(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Drift and diffusion at ``(x, t)``, fused when the problem provides it."""
+    def coefficients(self, x: torch.Tensor, t: float, params: Mapping[str, Any] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drift and diffusion at ``(x, t)``, fused when the problem provides it.
+
+        ``params`` defaults to :attr:`params`; the simulator passes a copy holding ``(n, 1)``
+        tensors for per-particle parameters (module doc).
+        """
+        p = self.params if params is None else params
         if self.drift_and_diffusion is not None:
-            return self.drift_and_diffusion(x, t, self.params)
-        return self.drift(x, t, self.params), self.diffusion(x, t, self.params)
+            return self.drift_and_diffusion(x, t, p)
+        return self.drift(x, t, p), self.diffusion(x, t, p)
 
     def apply_boundaries_(self, x: torch.Tensor) -> None:
         """Apply every coordinate's boundary rule in place to ``x`` of shape ``(n, d)``."""
@@ -279,6 +306,22 @@ class SDE:
             "domain": [list(self.domain[0]), list(self.domain[1])],
             "x0_period": None if self.x0_period is None else list(self.x0_period),
         }
+
+
+def _check_varying(varying: Any, params: Mapping[str, Any]) -> tuple[str, ...]:
+    if isinstance(varying, str) or not isinstance(varying, Sequence):
+        raise ValueError(f"SDE.varying must be a sequence of parameter names, got {varying!r}")
+    names = tuple(varying)
+    for name in names:
+        if name not in params:
+            raise ValueError(f"SDE.varying: {name!r} is not a parameter; params: {sorted(params)}")
+        value = params[name]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"SDE.varying: parameter {name!r} must be a real scalar to vary per "
+                             f"particle, got {value!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"SDE.varying: names must be distinct, got {list(names)}")
+    return names
 
 
 def _jsonable(value: Any) -> Any:

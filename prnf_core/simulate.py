@@ -15,6 +15,12 @@ Each generator has a name (:func:`noise_generator`): with the seed it fixes the 
 datasets record it and their id covers it.
 Memory is a few ``(d, n)`` buffers: bounded by the number of particles simulated at once.
 
+Per-particle parameters: ``param_values={"mu": array (n,)}`` for parameters the SDE declares in
+``SDE.varying`` hands the coefficients ``(n, 1)`` tensors instead of scalars (see
+:mod:`prnf_core.sde`); the noise stream is the same, so particles whose parameters equal the
+defaults follow the paths of the fixed-parameter run (bit-identical in float64 for the built-in
+problems). Without ``param_values`` nothing changes.
+
 >>> import numpy as np
 >>> from prnf_core import get_problem, simulate
 >>> out = simulate(get_problem("bm1d"), np.zeros((1000, 1)), seed=1)
@@ -26,8 +32,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -165,6 +172,7 @@ def simulate(
     dtype: DType = "float64",
     device: str | torch.device | None = None,
     check_every: int | None = None,
+    param_values: Mapping[str, np.ndarray] | None = None,
 ) -> SimulationResult:
     """Simulate one Euler–Maruyama trajectory per row of ``x0`` and return the end states.
 
@@ -180,9 +188,14 @@ def simulate(
         device: Torch device; CUDA when present by default.
         check_every: Steps between non-finite checks (1 on CPU, 50 on CUDA by default, where each
             check synchronizes the device).
+        param_values: Per-particle values ``name -> (n,) array`` of parameters in
+            ``sde.varying``; the coefficients get them as ``(n, 1)`` tensors on the simulation
+            device in ``dtype``, the other parameters as in ``sde.params``. ``None`` (default):
+            every particle uses ``sde.params``.
 
     Raises:
-        ConfigError: bad shapes, steps or dtype, each naming the field.
+        ConfigError: bad shapes, steps, dtype or ``param_values`` (a ``ValueError``), each
+            naming the field.
         NonFiniteStateError: a NaN/inf state, naming the step and the number of bad particles.
     """
     t_end = sde.t_end if t_end is None else t_end
@@ -208,6 +221,8 @@ def simulate(
     state = torch.empty((d, n), dtype=tdtype, device=dev)
     xs = state.T  # (n, d) view handed to the coefficients
     xs.copy_(torch.from_numpy(np.ascontiguousarray(x0)).to(tdtype))
+    params = _particle_params(sde, param_values, n, tdtype, dev)
+    per_particle_noise = False
     noise_buf = torch.empty((m, n), dtype=tdtype, device=dev)
     noise = NoiseSource(seed, tdtype, dev)
     sqrt_dt = math.sqrt(dt)
@@ -217,9 +232,9 @@ def simulate(
 
     for k in range(n_steps):
         t = k * dt
-        b, s = sde.coefficients(xs, t)
+        b, s = sde.coefficients(xs, t, params)
         if k == 0:
-            _validate_coefficients(sde, b, s, n)
+            per_particle_noise = _validate_coefficients(sde, b, s, n, params is not None, xs)
         if s.untyped_storage().data_ptr() == state.untyped_storage().data_ptr():
             s = s.clone()  # σ must be evaluated at X_k, before the drift update below
         noise.fill_(noise_buf)
@@ -227,7 +242,8 @@ def simulate(
         xs.add_(b, alpha=dt)
         if sde.noise == "diagonal":
             xs.addcmul_(s, dw, value=sqrt_dt)
-        elif sde.noise == "additive" and s.ndim == 1:
+        elif sde.noise == "additive" and (s.ndim == 1 or per_particle_noise):
+            # same operand order for a (d,) and a per-particle (n, d) σ: same rounding
             xs.addcmul_(dw, s, value=sqrt_dt)
         elif sde.noise == "additive":
             state.addmm_(s, noise_buf, alpha=sqrt_dt)
@@ -247,9 +263,56 @@ def simulate(
     )
 
 
-def _validate_coefficients(sde: SDE, b: torch.Tensor, s: torch.Tensor, n: int) -> None:
+def _particle_params(sde: SDE, values: Mapping[str, Any] | None, n: int, dtype: torch.dtype,
+                     device: torch.device) -> dict[str, Any] | None:
+    """``sde.params`` with the per-particle values as ``(n, 1)`` tensors (``None``: none)."""
+    if values is None:
+        return None
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"param_values: must map parameter names to (n,) arrays, got "
+                          f"{type(values).__name__}")
+    allowed = list(sde.varying)
+    unknown = sorted(str(k) for k in values if k not in allowed)
+    if unknown:
+        raise ConfigError(
+            f"param_values: problem {sde.name!r} cannot vary {unknown} per particle; allowed: "
+            f"{allowed}" + ("" if allowed else " (SDE.varying is empty)")
+        )
+    params = dict(sde.params)
+    for name, value in values.items():
+        arr = np.asarray(value)
+        if arr.shape != (n,):
+            raise ConfigError(f"param_values: {name!r} must have shape ({n},) (one value per "
+                              f"particle), got {arr.shape}")
+        if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating)
+                                     or np.issubdtype(arr.dtype, np.integer)):
+            raise ConfigError(f"param_values: {name!r} must be a real array, got dtype "
+                              f"{arr.dtype}")
+        if not np.isfinite(arr).all():
+            raise ConfigError(f"param_values: {name!r} has {int((~np.isfinite(arr)).sum())} "
+                              "non-finite values")
+        column = np.ascontiguousarray(arr, dtype=np.float64).reshape(n, 1)
+        params[name] = torch.from_numpy(column).to(device=device, dtype=dtype)
+    return params
+
+
+def _validate_coefficients(sde: SDE, b: torch.Tensor, s: torch.Tensor, n: int,
+                           per_particle: bool = False, x: torch.Tensor | None = None) -> bool:
+    """Check the coefficients' shapes at the first step.
+
+    Returns whether σ is an ``(n, d)`` per-particle diagonal of additive noise (possible only
+    with per-particle parameters, ``per_particle``).
+    """
     d, m = sde.dim, sde.noise_dim
     _check_shape("drift", b, (n, d), sde, "(n, d)")
+    if (per_particle and sde.noise == "additive" and s.ndim == 2 and m == d
+            and tuple(s.shape) == (n, d)):
+        if n != d:
+            return True
+        # n == d == m: an (n, d) diagonal or a (d, m) matrix? The fixed-parameter σ tells.
+        fixed = sde.coefficients(x, 0.0)[1] if x is not None else s
+        if fixed.ndim == 1:
+            return True
     if sde.noise == "diagonal":
         _check_shape("diffusion", s, (n, d), sde, "(n, d)")
     elif sde.noise == "general":
@@ -262,7 +325,9 @@ def _validate_coefficients(sde: SDE, b: torch.Tensor, s: torch.Tensor, n: int) -
             )
         _check_shape("diffusion", s, (d,), sde, "(d,)")
     else:
-        _check_shape("diffusion", s, (d, m), sde, "(d,) or (d, m)")
+        _check_shape("diffusion", s, (d, m), sde,
+                     "(d,) or (d, m)" + (" or (n, d)" if per_particle and m == d else ""))
+    return False
 
 
 def _check_finite(sde: SDE, state: torch.Tensor, step: int, t: float) -> None:

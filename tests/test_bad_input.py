@@ -78,7 +78,7 @@ CASES: list[Case] = [
          "--save-times: expected comma-separated numbers"),
     # simulate: problem and its parameters
     Case("sim-unknown-problem", "unknown problem", ("simulate", "--problem", "lorenz"),
-         "known problems: ['abc3d', 'bm1d', 'ou', 'runaway2d']"),
+         "known problems: ['abc3d', 'bm1d', 'ou', 'ou1d_rate', 'runaway2d']"),
     Case("sim-unknown-param", "unknown problem parameter", _sim("--param", "kappa=1"),
          "dataset.problem_params: problem 'bm1d' has no parameter(s) ['kappa']"),
     Case("sim-param-type", "wrong type", ("simulate", "--problem", "ou", "--param", "dim=abc"),

@@ -144,7 +144,7 @@ def test_store_round_trip(n, chunk, seed, snapshots):
             assert dataset.load("snapshots").shape == (1, n, 1)
         for index in range(config.n_chunks):  # what each chunk's writer got
             start, stop = config.chunk_bounds(index)
-            want_x0, want_xT, want_snaps = simulate_chunk_arrays(config, index)
+            want_x0, want_xT, want_snaps, _ = simulate_chunk_arrays(config, index)
             np.testing.assert_array_equal(x0[start:stop], want_x0)
             np.testing.assert_array_equal(xT[start:stop], want_xT)
             if snapshots:

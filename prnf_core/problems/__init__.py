@@ -2,7 +2,7 @@
 
 >>> from prnf_core.problems import get_problem, list_problems
 >>> sorted(list_problems())
-['abc3d', 'bm1d', 'ou', 'runaway2d']
+['abc3d', 'bm1d', 'ou', 'ou1d_rate', 'runaway2d']
 >>> get_problem("ou", dim=3).dim
 3
 
@@ -27,6 +27,7 @@ from prnf_core.errors import ConfigError
 from prnf_core.problems.abc3d import abc3d
 from prnf_core.problems.bm1d import bm1d
 from prnf_core.problems.ou import ou
+from prnf_core.problems.ou1d_rate import ou1d_rate
 from prnf_core.problems.runaway2d import runaway2d
 from prnf_core.sde import SDE, QoIFunction
 
@@ -135,7 +136,7 @@ def _factory(name: str) -> ProblemFactory:
         ) from None
 
 
-for _factory_fn in (bm1d, ou, abc3d, runaway2d):
+for _factory_fn in (bm1d, ou, abc3d, runaway2d, ou1d_rate):
     register_problem(_factory_fn.__name__, _factory_fn)
 
 __all__ = [

@@ -5,6 +5,7 @@ r"""Passive scalar in the chaotic ABC flow (paper experiment 3).
 Pe = 3, A = B = 1, C = 0.25, unit additive noise, no boundary, dt = 0.002, T = 2; training
 :math:`x_0 \sim U[0, 2π]^3`. Quantity of interest: the probability of the region
 :math:`(X_T, Z_T) \in [0, π] × [2π, 3π]` (:func:`abc_region_probability`).
+The Péclet number ``pe`` may vary per particle (``SDE.varying``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def abc3d(*, pe: float = 3.0, A: float = 1.0, B: float = 1.0, C: float = 0.25,
             torch.sin(X).mul_(b).add_(torch.cos(Z), alpha=a),
             torch.sin(Y).mul_(c).add_(torch.cos(X), alpha=b),
         ))
+        if isinstance(pe_, torch.Tensor):  # per particle, (n, 1): scale the columns of v
+            return v.mul_(pe_.T).T
         return v.mul_(pe_).T
 
     def diffusion(x: torch.Tensor, t: float, p: dict) -> torch.Tensor:
@@ -67,4 +70,5 @@ def abc3d(*, pe: float = 3.0, A: float = 1.0, B: float = 1.0, C: float = 0.25,
         # 2π-periodic drift, additive noise, no boundary: the law of X_T - x0 is 2π-periodic
         x0_period=(two_pi,) * 3,
         qois={"region_probability": abc_region_probability},
+        varying=("pe",),
     )

@@ -24,6 +24,9 @@ Boundaries: p below p_min = 0.5 is set to p_min; ξ is reflected at ±1. dt = 0.
 Quantity of interest: the runaway rate :math:`P[p_T > p^*]`, :math:`p^* = 1.75`
 (:func:`runaway_rate`).
 Parameters as in the same group's later public work (see ``shared/paper-notes.md``).
+The electric field :math:`E_0` and the effective charge :math:`Z` may vary per particle
+(``SDE.varying``): the coefficients then get ``(n, 1)`` tensors, and :math:`E` is derived from
+the tensor (:func:`derived_constants`).
 """
 
 from __future__ import annotations
@@ -55,8 +58,11 @@ def runaway_rate(samples: ArrayLike, p_star: float = RUNAWAY_P_STAR) -> dict[str
     return exceedance_probability(samples, p_star, coord=0, name="runaway_rate")
 
 
-def derived_constants(p: dict) -> dict[str, float]:
-    """Scalar constants of the collision model from the primary parameters."""
+def derived_constants(p: dict) -> dict[str, Any]:
+    """Constants of the collision model from the primary parameters.
+
+    Scalars, except ``E`` when ``p["E0"]`` is a per-particle tensor (then ``E`` is one too).
+    """
     ratio = p["T_tilde"] / p["Tf_hat"]
     ln_hat = 14.9 - 0.5 * math.log(0.28) + math.log(p["Tf_hat"])
     ln_tilde = 14.9 - 0.5 * math.log(0.28) + math.log(p["T_tilde"])
@@ -69,9 +75,15 @@ def derived_constants(p: dict) -> dict[str, float]:
     }
 
 
+def _column(value: Any) -> Any:
+    """A per-particle ``(n, 1)`` parameter as ``(n,)``, to broadcast with one coordinate."""
+    return value[:, 0] if isinstance(value, torch.Tensor) else value
+
+
 def _coefficients(x: torch.Tensor, t: float, p: dict) -> tuple[torch.Tensor, torch.Tensor]:
     k = derived_constants(p)
-    vT, nu, e_field, tau, z = k["vT"], k["nu"], k["E"], p["tau"], p["Z"]
+    vT, nu, tau = k["vT"], k["nu"], p["tau"]
+    e_field, z = _column(k["E"]), _column(p["Z"])
     mom, xi = x.unbind(1)
     gamma = torch.sqrt(1 + (k["delta_tilde"] * mom) ** 2)
     u = mom / (vT * gamma)
@@ -111,4 +123,5 @@ def runaway2d(*, Z: float = 1.0, E0: float = 1 / 2000, tau: float = 6000.0, T_ti
         domain=([p_min, -1.0], [p_max, 1.0]),
         description="runaway electrons (p, xi), relativistic collisions (paper exp. 2)",
         qois={"runaway_rate": runaway_rate},
+        varying=("E0", "Z"),
     )
