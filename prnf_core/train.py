@@ -260,7 +260,7 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
             raise ConfigError(f"data: x0 has {len(x0)} rows but cond has {len(cond)}")
         if model.conditioning is not None:
             try:
-                model.conditioning.check(cond)
+                model.conditioning.check(np.asarray(c_np, dtype=np.float64).reshape(len(cond), -1))
             except ConfigError as error:
                 raise ConfigError(f"data.cond: {error}") from None
     train_idx, val_idx = split_indices(len(x0), config.val_fraction, config.split_seed)

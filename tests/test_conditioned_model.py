@@ -344,3 +344,28 @@ def test_pyfunc_takes_conditions_as_params(tmp_path):
     assert plain_wrapper.predict(None, x0, {"seed": 1}).shape == (4, 1)
     with pytest.raises(ConfigError, match="one horizon and fixed parameters"):
         plain_wrapper.predict(None, x0, {"seed": 1, "t": 0.5})
+
+
+def test_fit_on_a_real_store_with_save_times(tmp_path):
+    """A store simulated with snapshot times trains a time-conditioned model on its
+    conditioned_tuples (one row per particle and time); an unconditioned one still trains on its
+    (x0, xT) pairs."""
+    from prnf_core import DatasetConfig, run_dataset
+
+    if not hasattr(Dataset, "conditioned_tuples"):
+        pytest.skip("Dataset.conditioned_tuples (the dataset half of issue 14) is not here yet")
+    cfg = DatasetConfig(problem="ou", n_particles=300, chunk_size=300, t_end=0.1,
+                        save_times=[0.05, 0.1])
+    path = run_dataset(cfg, tmp_path / "ou.zarr").path
+    boxed = build_model(ModelConfig(dim=2, hidden_width=8,
+                                    conditioning=Conditioning(time=(0.05, 0.1))), seed=0)
+    result = fit(boxed, path, TrainConfig(epochs=1, progress=False))
+    assert result.n_train + result.n_val == 600  # 300 particles x 2 times
+    assert boxed.sample(np.zeros((3, 2)), t=0.07).shape == (3, 2)
+    plain = build_model(ModelConfig(dim=2, hidden_width=8), seed=0)
+    assert fit(plain, path, TrainConfig(epochs=1, progress=False)).n_train == 240
+    narrow = build_model(ModelConfig(dim=2, hidden_width=8,
+                                     conditioning=Conditioning(time=(0.08, 0.1))), seed=0)
+    with pytest.raises(ConfigError, match=r"^data\.cond: t: values from 0\.05 to 0\.1 are "
+                                          r"outside the trained time range \[0\.08, 0\.1\]"):
+        fit(narrow, path, TrainConfig(epochs=1, progress=False))

@@ -343,8 +343,10 @@ class ConditionalSampler(nn.Module):
                 c_t = c_t.expand(len(x0_t), -1)
             if len(c_t) != len(x0_t):
                 raise ConfigError(f"cond: needs 1 or {len(x0_t)} rows, got {len(c_t)}")
-            if conditioning is not None:
-                conditioning.check(c_t, allow_outside=allow_outside)
+            if conditioning is not None:  # the values as given (a message names them exactly)
+                raw = cond.detach().cpu().numpy() if isinstance(cond, torch.Tensor) else cond
+                conditioning.check(np.asarray(raw, dtype=np.float64).reshape(-1, c_t.shape[1]),
+                                   allow_outside=allow_outside)
         elif cond is not None:
             raise ConfigError("cond: this model takes no condition features (cond_dim=0)")
         return x0_t, y_t, c_t
