@@ -369,3 +369,32 @@ def test_fit_on_a_real_store_with_save_times(tmp_path):
     with pytest.raises(ConfigError, match=r"^data\.cond: t: values from 0\.05 to 0\.1 are "
                                           r"outside the trained time range \[0\.08, 0\.1\]"):
         fit(narrow, path, TrainConfig(epochs=1, progress=False))
+
+
+def test_logged_conditioned_model_takes_conditions_through_its_signature(tmp_path, monkeypatch):
+    """log_surrogate of a conditioned model: the signature declares seed and the conditions
+    (defaults: the upper time, the parameter midpoints); the MLflow-loaded model predicts
+    under them and still refuses conditions outside the box."""
+    import mlflow
+
+    from tasks import tracking
+    from tasks.pyfunc import log_surrogate
+
+    monkeypatch.setenv("PRNF_DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = tracking.configure()
+    model = make("prnf", dim=1)
+    model.save(tmp_path / "m")
+    with tracking.child_run(client, tracking.experiment_id(client, "ou1d"), "log-model",
+                            None) as run_id:
+        uri = log_surrogate(tmp_path / "m", run_id, np.zeros((3, 1)))
+    logged = mlflow.pyfunc.load_model(uri)
+    defaults = {p.name: p.default for p in logged.metadata.get_params_schema().params}
+    assert defaults == {"seed": 0, "t": 1.0, "mu": 1.25}
+    a = logged.predict(np.zeros((3, 1)), params={"seed": 1, "t": 0.5, "mu": 1.0})
+    b = model.sample(np.zeros((3, 1)), generator=torch.Generator().manual_seed(1), t=0.5,
+                     params={"mu": 1.0}).numpy()
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ConfigError, match=r"t: 5\.0 is outside the trained time range"):
+        logged.predict(np.zeros((3, 1)), params={"seed": 1, "t": 5.0, "mu": 1.0})
+    assert logged.unwrap_python_model().metadata["conditioning"]["names"] == ["t", "mu"]
