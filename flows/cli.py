@@ -115,13 +115,22 @@ def sample(
     seed: Annotated[int, Opt()] = 0,
     overwrite: Annotated[bool, Opt(
         "--overwrite", help="Replace an existing samples output (never a dataset store).")] = False,
+    time: Annotated[float | None, Opt(
+        "--time", help="Time t of X_t (a model conditioned on time).")] = None,
+    param: Annotated[list[str] | None, Opt(
+        help="SDE parameter NAME=VALUE of a model conditioned on it (repeatable).")] = None,
+    allow_outside: Annotated[bool, Opt(
+        "--allow-outside", help="Allow a time or parameter outside the trained box (warns).")
+    ] = False,
 ) -> None:
-    """Sample X_T for an initial distribution from a trained surrogate (no simulation)."""
+    """Sample X_T (or X_t at --time, with --param NAME=VALUE for a conditioned model) for an
+    initial distribution from a trained surrogate (no simulation)."""
     from flows.sample import SampleParams, sample_flow
 
     params = build_params(SampleParams, paths=("model", "out"), options={
         "model": model, "initial": initial, "n": n, "out": str(out_file), "seed": seed,
-        "overwrite": overwrite})
+        "overwrite": overwrite, "time": time, "allow_outside": allow_outside or None,
+        **sup.param_options(param, "sde_params")})
     # an --out that cannot be written is bad input too (exit 2)
     show.sampled(sup.run_flow(sample_flow, params, bad_input=(PrnfError, OSError)))
 

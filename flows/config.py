@@ -149,8 +149,9 @@ class FineTuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(10, ge=1, description="Epochs of fine-tuning on the (grown) data.")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate of fine-tuning (the "
-                                              "training schedule's shape is kept).")
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate of fine-tuning (the "
+                                              "training schedule's shape is kept): small, "
+                                              "since the start weights are already annealed.")
 
 
 class PipelineParams(BaseModel):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -29,6 +30,19 @@ class SampleParams(BaseModel):
     overwrite: bool = Field(
         False, description="Replace an existing output file (a prnf samples output only: a "
                            "dataset store or any other directory is never replaced).",
+    )
+    time: float | None = Field(
+        None, ge=0, description="Time t of X_t, for a model conditioned on time (its trained "
+                                "range is in its metadata); empty: the model's one horizon.",
+    )
+    sde_params: dict[str, float] = Field(
+        default_factory=dict,
+        description="SDE parameters of a model conditioned on them, e.g. {E0: 0.001} (each "
+                    "within the trained box).",
+    )
+    allow_outside: bool = Field(
+        False, description="Allow a time or SDE parameter outside the trained box (the model "
+                           "then extrapolates, with a warning); otherwise it is refused.",
     )
 
     @field_validator("initial", mode="before")
@@ -151,10 +165,15 @@ def sample_flow(params: SampleParams) -> dict[str, Any]:
     if params.initial.dim != surrogate.model.dim:
         raise ConfigError(f"initial: spec has dimension {params.initial.dim} but model "
                           f"{params.model!r} has dimension {surrogate.model.dim}")
+    condition = {"t": params.time, "params": params.sde_params or None}
     started = time.perf_counter()
-    x0, xT = surrogate.sample_initial(params.initial, params.n, seed=params.seed)
+    with torch.no_grad():
+        x0, xT = surrogate.model.sample_initial(params.initial, params.n, seed=params.seed,
+                                                allow_outside=params.allow_outside,
+                                                **condition)
     seconds = time.perf_counter() - started
     write_samples(params.out, x0, xT, {"model": params.model, "seed": params.seed,
-                                       "initial": params.initial.model_dump(mode="json")},
+                                       "initial": params.initial.model_dump(mode="json"),
+                                       "time": params.time, "sde_params": params.sde_params},
                   overwrite=params.overwrite)
     return {"out": params.out, "n": params.n, "dim": int(xT.shape[1]), "seconds": seconds}

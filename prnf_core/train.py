@@ -224,7 +224,8 @@ def fit(
         init: For a warm start (``model`` already holds trained weights, normalization
             included): their :func:`~prnf_core.checkpoints.weights_digest`, recorded in the
             checkpoint's fingerprint, so that a cold run's checkpoint is never resumed as a
-            warm one, nor one warm-started from other weights.
+            warm one, nor one warm-started from other weights. The start weights are scored
+            first and kept (``best_epoch = -1``) unless an epoch beats them on validation.
     """
     config = config or TrainConfig()
     previous_threads = torch.get_num_threads()
@@ -318,6 +319,11 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
         if config.patience is not None and start_epoch - 1 - result.best_epoch >= config.patience:
             result.stopped_early = True  # it had stopped: a re-run trains no further epoch
             epochs = start_epoch
+    elif init is not None:
+        # A warm start's own weights are the first candidate: fine-tuning never returns
+        # weights that do worse on the validation rows than those it started from.
+        result.best_val_nll = evaluate(model, x_va, y_va, cond=c_va)["val_nll"]
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     started = time.perf_counter()
     bar = _progress(config.progress, epochs, start_epoch)

@@ -11,7 +11,7 @@ from prefect.logging import get_run_logger
 
 from prnf_core.dataset import open_dataset
 from prnf_core.errors import ConfigError
-from prnf_core.models import ModelConfig, build_model
+from prnf_core.models import Conditioning, ModelConfig, build_model
 from prnf_core.train import (
     TrainConfig,
     check_fingerprint,
@@ -48,6 +48,11 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
             f"model.dim: {model.dim} does not match the dataset's dimension {dataset.dim}"
         )
     model = model.for_problem(dataset.config.sde())
+    if model.conditioning is None:  # a store over (t, θ): one model over the whole box
+        box = Conditioning.of_dataset(dataset.config.save_times, dataset.config.param_box)
+        if box is not None:
+            model = ModelConfig.model_validate({**model.model_dump(mode="json"),
+                                                "conditioning": box.model_dump(mode="json")})
     out = Path(output)
     start = warm_start_state(init_from, model) if init_from is not None else None
     init = weights_digest(start) if start is not None else None

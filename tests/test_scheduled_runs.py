@@ -30,7 +30,7 @@ def nightly(**extra) -> PipelineParams:
     """The nightly modes on a tiny OU problem: 2000 -> 3000 -> 4000 particles (the cap)."""
     return PipelineParams.model_validate({
         "problem": "ou", "n_train": 2000, "chunk_size": 1000, "grow_to": 4000, "grow_by": 1000,
-        "warm_start": True, "fine_tune": {"epochs": 5, "lr": 1e-3}, "fresh_test_set": True,
+        "warm_start": True, "fine_tune": {"epochs": 5, "lr": 3e-4}, "fresh_test_set": True,
         "retention": {"keep_last": 1, "test_set_max_age_days": 30},
         "training": {"epochs": 10, "batch_size": 128, "lr": 3e-3},
         "model": {"hidden_width": 32},

@@ -533,7 +533,7 @@ def test_deployment_runs_on_a_process_worker_and_registers_a_version(stack, depl
 #: own sizes are a real night's: 20k particles and 40 epochs): 2000 -> 3000 -> 4000 particles.
 NIGHT = {
     "problem": "ou", "n_train": 2000, "chunk_size": 1000, "grow_to": 4000, "grow_by": 1000,
-    "warm_start": True, "fine_tune": {"epochs": 5, "lr": 1e-3}, "fresh_test_set": True,
+    "warm_start": True, "fine_tune": {"epochs": 5, "lr": 3e-4}, "fresh_test_set": True,
     "retention": {"keep_last": 1, "test_set_max_age_days": 14},
     "training": {"epochs": 10, "batch_size": 128, "lr": 3e-3, "progress": False},
     "model": {"hidden_width": 32},

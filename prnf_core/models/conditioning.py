@@ -105,6 +105,23 @@ class Conditioning(BaseModel):
             raise ValueError("conditioning: declare a time range, parameter boxes or both")
         return self
 
+    @classmethod
+    def of_dataset(cls, save_times: list[float] | None,
+                   param_box: Mapping[str, tuple[float, float]] | None) -> Conditioning | None:
+        """The box a dataset's rows cover: its snapshot times (when there are two or more)
+        and its parameter box; None for a dataset of one horizon and fixed parameters.
+
+        >>> Conditioning.of_dataset([0.25, 0.5, 1.0], {"mu": (0.5, 2.0)}).names
+        ['t', 'mu']
+        >>> Conditioning.of_dataset(None, None) is None
+        True
+        """
+        times = sorted(set(save_times or []))
+        time = (times[0], times[-1]) if len(times) > 1 else None
+        if time is None and not param_box:
+            return None
+        return cls(time=time, params=dict(param_box or {}))
+
     # -- the condition columns ----------------------------------------------------------------
     @property
     def names(self) -> list[str]:
