@@ -20,9 +20,8 @@ from prnf_core.train import TrainConfig, training_fingerprint, weights_digest
 from prnf_core.verdict import Fingerprint
 from tasks import health, registry, tracking
 from tasks.growth import TrainingPlan, plan_training_set
-from tasks.pyfunc import load_surrogate
 from tasks.retention import prune_registry, prune_test_sets
-from tasks.train import warm_start_state
+from tasks.train import load_start_model, warm_start_state
 
 
 def run_name(problem: str, plan: TrainingPlan, day: date | None = None) -> str:
@@ -60,7 +59,7 @@ def warm_start_source(params: PipelineParams, client, name: str, dataset_cfg
     if champion is None:
         return None, f"from scratch ({name} has no champion yet)"
     source = f"models:/{name}/{champion.version}"
-    meta = load_surrogate(source).metadata
+    meta = load_start_model(source).metadata
     ours = Fingerprint.of(params.problem, params.problem_params, dataset_cfg.horizon)
     differences = Fingerprint.of_model(meta).differences(ours)
     model = params.model.for_problem(dataset_cfg.sde())

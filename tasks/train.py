@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +121,29 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
     return summary
 
 
+def load_start_model(source: str) -> Any:
+    """The surrogate at ``source`` (:func:`tasks.pyfunc.load_surrogate`); a pinned registry
+    version (``models:/NAME/N``, immutable in its registry) is downloaded once per process and
+    registry, since a warm start reads it to decide, to fingerprint and to train."""
+    import mlflow
+
+    from tasks.pyfunc import load_surrogate
+
+    if _PINNED.fullmatch(source):
+        return _pinned(mlflow.get_registry_uri(), source)
+    return load_surrogate(source)
+
+
+_PINNED = re.compile(r"models:/[^/@]+/\d+")
+
+
+@functools.lru_cache(maxsize=2)
+def _pinned(registry_uri: str, source: str) -> Any:
+    from tasks.pyfunc import load_surrogate
+
+    return load_surrogate(source)  # from the registry configured now: registry_uri
+
+
 def warm_start_state(source: str, model: ModelConfig) -> dict[str, Any]:
     """The weights (normalization included) of the model at ``source`` (a model URI or a model
     directory), to start training ``model`` from.
@@ -126,9 +151,7 @@ def warm_start_state(source: str, model: ModelConfig) -> dict[str, Any]:
     Raises:
         ConfigError: ``source``'s architecture differs from ``model`` (the fields are named).
     """
-    from tasks.pyfunc import load_surrogate
-
-    start = load_surrogate(source).model
+    start = load_start_model(source).model
     differ = start.config.differences(model)
     if differ:
         raise ConfigError(f"init_from: {source} has another architecture (there != here: "
