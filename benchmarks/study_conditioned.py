@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from prnf_core.models.conditioning import Conditioning
 from prnf_core.problems import get_problem
 from prnf_core.runner import run_dataset
 from prnf_core.train import TrainConfig, fit
-from prnf_core.validation import exact_mixture_log_prob, sample_exact
+from prnf_core.validation import exact_kl
 
 MU_BOX = (0.5, 2.0)
 T_GRID = [0.1, 0.3, 0.5, 0.7, 0.9]  # between the snapshot times (multiples of 0.04 below)
@@ -46,20 +45,10 @@ def snapshot_times(step: float = 0.04, t_end: float = 1.0) -> list[float]:
 
 def conditioned_kl(model, law: dict, t: float, mu: float, n: int = 1000, seed: int = 0
                    ) -> tuple[float, float]:
-    """KL(p_t || q_t) of the model's density under ``law`` at (t, μ), exact p (Gaussian
-    transition), as :func:`prnf_core.validation.exact_kl` does for a fixed horizon."""
-    from prnf_core.initial import parse_initial
-
-    sde = get_problem("ou1d_rate", mu=mu)
-    spec = parse_initial(law)
-    rng = np.random.default_rng(seed)
-    x0_mix = spec.sample(n, rng)
-    y = sample_exact(sde, spec.sample(n, rng), t, rng)
-    log_p = exact_mixture_log_prob(sde, y, x0_mix, t)
-    with torch.no_grad():
-        log_q = model.mixture_log_prob(y, x0_mix, t=t, params={"mu": mu}).double().numpy()
-    diff = log_p - log_q
-    return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(n))
+    """KL(p_t || q_t) of the model's density under ``law`` at (t, μ) (exact p: the Gaussian
+    transition), with its standard error."""
+    est = exact_kl(get_problem("ou1d_rate", mu=mu), model, law, t=t, n_y=n, n_x0=n, seed=seed)
+    return est.kl, est.stderr
 
 
 def main() -> None:

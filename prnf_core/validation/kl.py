@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -70,7 +70,12 @@ def sample_exact(sde: SDE, x0: np.ndarray, t: float, rng: np.random.Generator) -
 def exact_kl(sde: SDE, model: ConditionalSampler, initial: InitialSpec | dict | str,
              t: float | None = None, n_y: int = 2000, n_x0: int = 2000,
              seed: int = 0) -> KLEstimate:
-    """KL(p_T || q_T) of ``model`` against the exact law under ``initial`` (module doc)."""
+    """KL(p_T || q_T) of ``model`` against the exact law under ``initial`` (module doc).
+
+    A model conditioned on time and SDE parameters (``model.conditioning``) is asked for the
+    law at this ``t`` and at ``sde``'s own values of its conditioned parameters: pass the SDE
+    at the parameters to check (``get_problem("ou1d_rate", mu=1.3)``).
+    """
     spec = parse_initial(initial)
     t = sde.t_end if t is None else t
     rng = np.random.default_rng(seed)
@@ -78,9 +83,22 @@ def exact_kl(sde: SDE, model: ConditionalSampler, initial: InitialSpec | dict | 
     y = sample_exact(sde, spec.sample(n_y, rng), t, rng)
     log_p = exact_mixture_log_prob(sde, y, x0_mix, t)
     with torch.no_grad():
-        log_q = model.mixture_log_prob(y, x0_mix).double().cpu().numpy()
+        log_q = model.mixture_log_prob(y, x0_mix, **condition_of(model, sde, t))
+        log_q = log_q.double().cpu().numpy()
     diff = log_p - log_q
     return KLEstimate(float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(n_y)), n_y, n_x0)
+
+
+def condition_of(model: ConditionalSampler, sde: SDE, t: float) -> dict[str, Any]:
+    """The keyword condition (``t=``, ``params=``) under which a conditioned ``model`` gives
+    the law of ``sde`` at time ``t``; empty for a model of one horizon and fixed parameters."""
+    box = getattr(model, "conditioning", None)
+    if box is None:
+        return {}
+    condition: dict[str, Any] = {"t": float(t)} if box.time is not None else {}
+    if box.params:
+        condition["params"] = {name: float(sde.params[name]) for name in box.params}
+    return condition
 
 
 @dataclass(frozen=True)
@@ -109,7 +127,8 @@ def exact_sample_check(sde: SDE, model: ConditionalSampler, initial: InitialSpec
     t = sde.t_end if t is None else t
     s_model, s_a, s_b, s_ratio = np.random.SeedSequence(seed).spawn(4)
     with torch.no_grad():
-        _, y_g = model.sample_initial(spec, n, seed=int(s_model.generate_state(1)[0]))
+        _, y_g = model.sample_initial(spec, n, seed=int(s_model.generate_state(1)[0]),
+                                      **condition_of(model, sde, t))
     exact = []
     for s in (s_a, s_b):
         rng = np.random.default_rng(s)
@@ -120,5 +139,5 @@ def exact_sample_check(sde: SDE, model: ConditionalSampler, initial: InitialSpec
     return SampleCheck(float(ratio.ratio), float(ks.statistic), float(ks.pvalue), n)
 
 
-__all__ = ["KLEstimate", "SampleCheck", "exact_kl", "exact_mixture_log_prob", "exact_sample_check",
-           "sample_exact"]
+__all__ = ["KLEstimate", "SampleCheck", "condition_of", "exact_kl", "exact_mixture_log_prob",
+           "exact_sample_check", "sample_exact"]
