@@ -34,20 +34,21 @@ def nightly(**extra) -> PipelineParams:
         "retention": {"keep_last": 1, "test_set_max_age_days": 30},
         "training": {"epochs": 10, "batch_size": 128, "lr": 3e-3},
         "model": {"hidden_width": 32},
-        "validation": {"n_samples": 1000, "chunk_size": 1000, "laws": LAW, "max_sw_ratio": 50,
+        "validation": {"n_samples": 500, "chunk_size": 500, "laws": LAW, "max_sw_ratio": 50,
                        "max_kl": 0.5},
         "execution": {"workers": 0}, **extra})
 
 
 @pytest.fixture(scope="module")
 def nights(prefect_harness, private_data_root):
-    """Three nights in a row, then a stale test set and a fourth night at the cap."""
-    runs = [pipeline_flow(nightly(fresh_seed=100 + i)) for i in range(3)]
+    """Two nights in a row (2000 -> 3000 particles, the cap here), then a stale test set and
+    a third night at the cap."""
+    runs = [pipeline_flow(nightly(fresh_seed=100 + i, grow_to=3000)) for i in range(2)]
     stale = private_data_root / "datasets" / "ou-stale-test.zarr"
     group = zarr.open_group(stale, mode="w", zarr_format=3)
     old = (datetime.now(UTC) - timedelta(days=40)).isoformat()
     group.attrs["prnf"] = {"role": "test", "created_at": old}
-    runs.append(pipeline_flow(nightly(fresh_seed=200)))
+    runs.append(pipeline_flow(nightly(fresh_seed=200, grow_to=3000)))
     return {"runs": runs, "stale": stale, "client": MlflowClient(
         tracking_uri=f"sqlite:///{private_data_root / 'mlflow.db'}")}
 
@@ -55,17 +56,17 @@ def nights(prefect_harness, private_data_root):
 def test_training_data_grows_by_new_chunks_up_to_the_cap(nights):
     runs = nights["runs"]
     sizes = [open_dataset(r["dataset_path"]).n_particles for r in runs]
-    assert sizes == [4000, 4000, 4000, 4000]  # one family store, at its cap now
+    assert sizes == [3000, 3000, 3000]  # one family store, at its cap now
     client = nights["client"]
     tags = [client.get_run(r["run_id"]).data.tags for r in runs]
-    assert [t["data.n_particles"] for t in tags] == ["2000", "3000", "4000", "4000"]
-    assert [t["data.chunks_added"] for t in tags] == ["0-1", "2-2", "3-3", "none"]
+    assert [t["data.n_particles"] for t in tags] == ["2000", "3000", "3000"]
+    assert [t["data.chunks_added"] for t in tags] == ["0-1", "2-2", "none"]
     assert len({t["data.family_id"] for t in tags}) == 1
     assert len({r["dataset_path"] for r in runs}) == 1
     assert [t["mlflow.runName"].split("-", 5)[-1] for t in tags] == [
-        "new-2k", "grow-3k", "grow-4k", "at-cap-4k"]
+        "new-2k", "grow-3k", "at-cap-3k"]
     store = open_dataset(runs[0]["dataset_path"])
-    assert [g["n_particles"] for g in store.growth] == [2000, 3000, 4000]
+    assert [g["n_particles"] for g in store.growth] == [2000, 3000]
 
 
 def test_challengers_warm_start_from_the_champion_and_say_so(nights):
@@ -117,8 +118,8 @@ def test_health_series_has_one_point_per_run(nights):
     name = nights["runs"][0]["registered_model"]
     run_id = health.health_run(client, nights["runs"][0]["experiment_id"], name)
     points = client.get_metric_history(run_id, health.POINT_METRIC)
-    assert sorted(p.step for p in points) == [0, 1, 2, 3]
-    assert [r["health"]["point"] for r in nights["runs"]] == [0, 1, 2, 3]
+    assert sorted(p.step for p in points) == [0, 1, 2]
+    assert [r["health"]["point"] for r in nights["runs"]] == [0, 1, 2]
 
 
 def test_retention_removes_old_test_sets_but_keeps_the_fixed_ones(nights):

@@ -537,7 +537,7 @@ NIGHT = {
     "retention": {"keep_last": 1, "test_set_max_age_days": 14},
     "training": {"epochs": 10, "batch_size": 128, "lr": 3e-3, "progress": False},
     "model": {"hidden_width": 32},
-    "validation": {"n_samples": 1000, "chunk_size": 1000, "max_kl": 0.5, "max_sw_ratio": 50,
+    "validation": {"n_samples": 500, "chunk_size": 500, "max_kl": 0.5, "max_sw_ratio": 50,
                    "laws": {"gaussian": {"kind": "gaussian", "mean": [0.3, -0.2],
                                          "std": [0.4, 0.4]}}},
     "execution": {"workers": 0},

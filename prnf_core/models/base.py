@@ -365,10 +365,6 @@ class ConditionalSampler(nn.Module):
         """
         x0_t, y_t, c_t = self._inputs(x0, y, cond, t=t, params=params,
                                       allow_outside=allow_outside)
-        return self._log_prob_tensors(x0_t, y_t, c_t)
-
-    def _log_prob_tensors(self, x0_t: torch.Tensor, y_t: torch.Tensor,
-                          c_t: torch.Tensor | None) -> torch.Tensor:
         yn, ctx = self.normalize(x0_t, y_t, c_t)
         return self._log_prob_normalized(yn, ctx) - torch.log(self.y_std).sum()
 
@@ -428,7 +424,10 @@ class ConditionalSampler(nn.Module):
                 yy = yb.repeat_interleave(k, dim=0)
                 xx = x0_t.repeat(len(yb), 1)
                 cc = None if c_t is None else c_t.repeat(len(yb), 1)
-                lp = self._log_prob_tensors(xx, yy, cc).reshape(len(yb), k)
+                # through log_prob, which a subclass may override; the condition rows were
+                # checked above, with the caller's allow_outside
+                checked = {} if cc is None else {"allow_outside": True}
+                lp = self.log_prob(yy, xx, cc, **checked).reshape(len(yb), k)
                 out.append(torch.logsumexp(lp, dim=1) - math.log(k))
         return torch.cat(out)
 
