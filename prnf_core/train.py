@@ -64,6 +64,7 @@ from prnf_core.dataset import Dataset, open_dataset
 from prnf_core.errors import ConfigError, PrnfError
 from prnf_core.models.base import ConditionalSampler, to_tensor
 from prnf_core.train_config import TRAIN_PRESETS, TrainConfig
+from prnf_core.trust import TrainingDomain
 
 __all__ = [  # the names of checkpoints and train_config are re-exported
     "COSMETIC_TRAINING_FIELDS", "STOPPING_FIELDS", "TRAIN_PRESETS", "Callback",
@@ -244,6 +245,7 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
         data = open_dataset(data)
     arrays = _training_arrays(model, data)
     x0_np, c_np, y_np = arrays if len(arrays) == 3 else (arrays[0], None, arrays[1])
+    model.training_domain = _training_domain(data, x0_np, config.seed)
     device, dtype = model.device, model.dtype
     data_dim = x0_np.shape[1] if x0_np.ndim == 2 else None
     if data_dim != model.dim:
@@ -405,6 +407,20 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _training_domain(data: Any, x0: np.ndarray, seed: int) -> TrainingDomain | None:
+    """The x0 domain the model is trained on (:mod:`prnf_core.trust`): a store's initial law
+    and its x0 (one row per particle), or the rows of raw arrays (law unknown)."""
+    if isinstance(data, Dataset):
+        return TrainingDomain.of_training(data.load("x0"), data.config.initial_spec(), seed)
+    try:
+        rows = np.asarray(x0, dtype=np.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return None  # refused below, with the message naming the field
+    if rows.ndim != 2 or not len(rows) or not np.isfinite(rows).all():
+        return None  # likewise
+    return TrainingDomain.of_training(rows, None, seed)
 
 
 def _training_arrays(model: ConditionalSampler, data: Any) -> tuple[np.ndarray, ...]:

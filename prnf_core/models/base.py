@@ -39,6 +39,13 @@ from prnf_core.initial import parse_initial
 from prnf_core.models.conditioning import Conditioning
 from prnf_core.paths import atomic_path
 from prnf_core.simulate import default_device
+from prnf_core.trust import (
+    DEFAULT_COVERAGE_N,
+    Coverage,
+    TrainingDomain,
+    coverage,
+    predates_domain,
+)
 
 Architecture = Literal["prnf", "nsf"]
 Activation = Literal["tanh", "silu", "softplus", "gelu", "elu"]
@@ -211,6 +218,9 @@ class ConditionalSampler(nn.Module):
         self.register_buffer("c_mean", torch.zeros(k))
         self.register_buffer("c_std", torch.ones(k))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        #: Where in x0 the model was trained (set by :func:`prnf_core.train.fit`, saved with
+        #: the model); None for a model saved before prnf recorded it.
+        self.training_domain: TrainingDomain | None = None
         self._set_box_normalization()
 
     # -- subclass hooks -----------------------------------------------------------------------
@@ -439,6 +449,19 @@ class ConditionalSampler(nn.Module):
         _, y_t, _ = self._inputs(x0, y, cond, t=t, params=params, allow_outside=allow_outside)
         return torch.zeros(len(y_t), device=self.device, dtype=self.dtype)
 
+    def coverage(self, law: Any, n: int = DEFAULT_COVERAGE_N, seed: int = 0) -> Coverage:
+        """How much of the initial law ``law`` (a spec, drawn ``n`` times with ``seed``, or an
+        ``(n, d)`` array of x0 samples) lies outside the x0 domain the model was trained on,
+        and a typicality p-value of it under the training x0 density
+        (:func:`prnf_core.trust.coverage`, where the maths is).
+
+        Raises:
+            ConfigError: the model was saved before training domains were recorded.
+        """
+        if self.training_domain is None:
+            raise predates_domain()
+        return coverage(self.training_domain, law, n=n, seed=seed)
+
     # -- persistence --------------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` and ``weights.pt`` (a plain state dict) into ``directory``."""
@@ -448,6 +471,8 @@ class ConditionalSampler(nn.Module):
         with atomic_path(directory / "weights.pt") as tmp:
             torch.save(state, tmp)
         meta = {"model": self.config.model_dump(mode="json"), "format": 1, **(extra or {})}
+        if self.training_domain is not None:
+            meta["training_domain"] = self.training_domain.model_dump(mode="json")
         (directory / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         return directory
 
@@ -474,6 +499,8 @@ def load_model(directory: str | Path, device: str | torch.device | None = None
     model = build_model(ModelConfig.model_validate(meta["model"]))
     state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
+    if meta.get("training_domain") is not None:
+        model.training_domain = TrainingDomain.model_validate(meta["training_domain"])
     model.to(device if device is not None else default_device())
     return model.eval()
 
