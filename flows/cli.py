@@ -122,14 +122,25 @@ def sample(
     allow_outside: Annotated[bool, Opt(
         "--allow-outside", help="Allow a time or parameter outside the trained box (warns).")
     ] = False,
+    max_outside: Annotated[float | None, Opt(
+        help="Warn when more than this fraction of the initial law lies outside the model's "
+             "training x0 domain (default 0.01).")] = None,
+    strict: Annotated[bool, Opt(
+        "--strict", help="Refuse instead of warning above --max-outside (or when the model "
+                         "cannot be checked).")] = False,
+    track: Annotated[bool, Opt(
+        "--track", help="Log the sampling (trust.outside_fraction ...) as an MLflow run.")
+    ] = False,
 ) -> None:
     """Sample X_T (or X_t at --time, with --param NAME=VALUE for a conditioned model) for an
-    initial distribution from a trained surrogate (no simulation)."""
+    initial distribution from a trained surrogate (no simulation). Prints the fraction of the
+    law outside the model's training domain; warns above --max-outside, refuses with --strict."""
     from flows.sample import SampleParams, sample_flow
 
     params = build_params(SampleParams, paths=("model", "out"), options={
         "model": model, "initial": initial, "n": n, "out": str(out_file), "seed": seed,
         "overwrite": overwrite, "time": time, "allow_outside": allow_outside or None,
+        "max_outside": max_outside, "strict": strict or None, "track": track or None,
         **sup.param_options(param, "sde_params")})
     # an --out that cannot be written is bad input too (exit 2)
     show.sampled(sup.run_flow(sample_flow, params, bad_input=(PrnfError, OSError)))
@@ -264,6 +275,45 @@ def repair(
         "store": store, "lock_timeout": wait, "execution.workers": workers})
     for line in report_lines(sup.run_with_progress(repair_flow, params)):
         show.out.print(line, highlight=False)
+
+
+@app.command()
+def inverse(
+    model: Annotated[str, Opt(help="models:/NAME@champion, models:/NAME/VERSION, runs:/... "
+                                   "or a model directory.")],
+    region: Annotated[str, Opt(help="A region the problem declares (runaway2d: runaway; "
+                                    "abc3d: paper) or a box '{p: [1.75, null]}'.")],
+    initial: Annotated[str | None, Opt(
+        help="Initial law (JSON/YAML text or file): posterior samples of x0 given X_T in R."
+    )] = None,
+    axes: Annotated[str | None, Opt(help="Map axes, e.g. p,xi (default: the first two).")] = None,
+    fixed: Annotated[list[str] | None, Opt(
+        help="NAME=VALUE of a coordinate off the axes (repeatable; default: mid-domain).")
+    ] = None,
+    resolution: Annotated[int, Opt(help="Grid points per axis.")] = 41,
+    draws: Annotated[int, Opt(help="Surrogate samples per grid point.")] = 1000,
+    seed: Annotated[int, Opt()] = 0,
+    time: Annotated[float | None, Opt(
+        "--time", help="Time t (a model conditioned on time).")] = None,
+    param: Annotated[list[str] | None, Opt(
+        help="SDE parameter NAME=VALUE of a model conditioned on it (repeatable).")] = None,
+    out_dir: Annotated[str, Opt("--out", help="Output directory (under the data root).")
+                       ] = "inverse/latest",
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a previous inverse output.")
+                         ] = False,
+) -> None:
+    """Which initial states lead into a region: the map of P(X_T in R | x0) on a grid and,
+    with --initial, posterior samples of x0 given X_T in R (no simulation)."""
+    from flows.inverse import InverseParams, inverse_flow
+
+    params = build_params(InverseParams, paths=("model", "out"), options={
+        "model": model, "region": region, "initial": initial, "resolution": resolution,
+        "draws": draws, "seed": seed, "time": time, "out": out_dir,
+        "overwrite": overwrite or None,
+        "axes": None if axes is None else [a.strip() for a in axes.split(",")],
+        **sup.param_options(param, "sde_params"),
+        **sup.under("fixed", **parse_assignments(fixed, "--fixed"))})
+    show.inverted(sup.run_flow(inverse_flow, params, bad_input=(PrnfError, OSError)))
 
 
 @app.command()

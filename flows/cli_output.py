@@ -55,7 +55,27 @@ def trained(summary: dict[str, Any]) -> None:
 
 def sampled(result: dict[str, Any]) -> None:
     out.print(f"wrote {result['n']} samples of X_T (d={result['dim']}) to {result['out']} "
-              f"in {result['seconds']:.2f} s")
+              f"in {result['seconds']:.2f} s", highlight=False)
+    trust = result.get("trust")
+    if trust:
+        out.print(("WARNING: " if trust["flagged"] else "coverage: ") + trust["message"],
+                  highlight=False, soft_wrap=True)
+    if result.get("run_id"):
+        out.print(f"logged to MLflow run {result['run_id']}", highlight=False)
+
+
+def inverted(result: dict[str, Any]) -> None:
+    metrics = result["metrics"]
+    line = (f"P(X_T in R | x0): max {metrics['inverse.max_probability']:.3g}, grid mean "
+            f"{metrics['inverse.mean_probability']:.3g}")
+    if "inverse.law_probability" in metrics:
+        line += (f"; under the initial law {metrics['inverse.law_probability']:.4g} ± "
+                 f"{metrics['inverse.law_probability_stderr']:.2g} (posterior ESS "
+                 f"{metrics['inverse.ess']:.0f})")
+    out.print(line, highlight=False)
+    out.print(f"wrote the map, arrays and plots to {result['out']}"
+              + (f"; MLflow run {result['mlflow_run_id']}" if result["mlflow_run_id"] else ""),
+              highlight=False)
 
 
 def validated(result: dict[str, Any], model: str) -> None:

@@ -15,6 +15,7 @@ from prnf_core.dataset import ATTR_KEY
 from prnf_core.errors import ConfigError, PrnfError
 from prnf_core.initial import InitialSpec, parse_initial
 from prnf_core.paths import ModelRef, atomic_path, is_url, resolve_path
+from prnf_core.trust import DEFAULT_MAX_OUTSIDE, check_coverage, predates_domain
 
 
 class SampleParams(BaseModel):
@@ -43,6 +44,23 @@ class SampleParams(BaseModel):
     allow_outside: bool = Field(
         False, description="Allow a time or SDE parameter outside the trained box (the model "
                            "then extrapolates, with a warning); otherwise it is refused.",
+    )
+
+    max_outside: float = Field(
+        DEFAULT_MAX_OUTSIDE, ge=0, le=1,
+        description="Warn when more than this fraction of the initial law's mass lies outside "
+                    "the x0 domain the model was trained on (it extrapolates there); the "
+                    "fraction is printed either way.",
+    )
+    strict: bool = Field(
+        False, description="Refuse (no samples written) instead of warning when the outside "
+                           "fraction exceeds max_outside, or when the model predates training-"
+                           "domain records and cannot be checked.",
+    )
+    track: bool = Field(
+        False, description="Log this sampling as an MLflow run 'sample' in the experiment of "
+                           "the model's problem: the trust metrics (trust.outside_fraction, its "
+                           "SE, the typicality p-value), n and seconds, tagged with the model.",
     )
 
     @field_validator("initial", mode="before")
@@ -157,14 +175,58 @@ def _write_samples_group(path: Path, x0: np.ndarray, xT: np.ndarray,
     group.attrs[SAMPLES_ATTR] = attrs
 
 
+def trust_of(model: Any, law: Any, max_outside: float = DEFAULT_MAX_OUTSIDE,
+             strict: bool = False, seed: int = 0) -> dict[str, Any]:
+    """The coverage of ``law`` by ``model``'s training domain as JSON-able metadata
+    (``outside_fraction``, ``outside_stderr``, ``p_value``, ``flagged``, ``message``), a warning
+    logged when the outside fraction exceeds ``max_outside``.
+
+    Raises:
+        OutsideDomainError: ``strict`` and above the threshold (fraction and threshold named).
+        ConfigError: ``strict`` and a model saved before training domains were recorded.
+    """
+    logger = _run_logger()
+    if getattr(model, "training_domain", None) is None:
+        if strict:
+            raise ConfigError(str(predates_domain()) + "; --strict refuses to sample unchecked")
+        note = "coverage not checked: the model predates training-domain records"
+        logger.warning(note)
+        return {"outside_fraction": None, "flagged": False, "message": note,
+                "max_outside": max_outside}
+    cov = model.coverage(law, seed=seed)
+    message = check_coverage(cov, max_outside, strict)
+    if message is not None:
+        logger.warning(message)
+    return {"outside_fraction": cov.outside_fraction, "outside_stderr": cov.outside_stderr,
+            "p_value": cov.p_value, "n": cov.n, "domain": cov.domain,
+            "flagged": message is not None, "message": message or cov.summary(),
+            "max_outside": max_outside}
+
+
+def _run_logger() -> Any:
+    """Prefect's run logger inside a flow, else the module's (a library call)."""
+    import logging
+
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # no active flow or task run
+        return logging.getLogger("prnf.trust")
+
+
 @flow(name="sample", log_prints=True)
 def sample_flow(params: SampleParams) -> dict[str, Any]:
-    """Draw x0 from the initial law and push each through the surrogate's generator."""
+    """Draw x0 from the initial law and push each through the surrogate's generator; first
+    measure how much of the law lies outside the model's training domain (warn above
+    ``max_outside``, refuse with ``strict``)."""
     check_output(params.out, params.overwrite)  # before any work
     surrogate = load_model_param(params.model)
     if params.initial.dim != surrogate.model.dim:
         raise ConfigError(f"initial: spec has dimension {params.initial.dim} but model "
                           f"{params.model!r} has dimension {surrogate.model.dim}")
+    trust = trust_of(surrogate.model, params.initial, params.max_outside, params.strict,
+                     seed=params.seed)
     condition = {"t": params.time, "params": params.sde_params or None}
     started = time.perf_counter()
     with torch.no_grad():
@@ -176,4 +238,28 @@ def sample_flow(params: SampleParams) -> dict[str, Any]:
                                        "initial": params.initial.model_dump(mode="json"),
                                        "time": params.time, "sde_params": params.sde_params},
                   overwrite=params.overwrite)
-    return {"out": params.out, "n": params.n, "dim": int(xT.shape[1]), "seconds": seconds}
+    result = {"out": params.out, "n": params.n, "dim": int(xT.shape[1]), "seconds": seconds,
+              "trust": trust}
+    if params.track:
+        result["run_id"] = _track(params, surrogate.metadata, result)
+    return result
+
+
+def _track(params: SampleParams, meta: dict[str, Any], result: dict[str, Any]) -> str:
+    """An MLflow run ``sample`` in the experiment of the model's problem; its id."""
+    from tasks import tracking
+
+    client = tracking.configure()
+    experiment = tracking.experiment_id(client, meta["problem"]["name"])
+    trust = result["trust"]
+    with tracking.child_run(client, experiment, "sample", None,
+                            tags={"model": params.model,
+                                  "trust.flagged": str(trust["flagged"]).lower()}) as run_id:
+        tracking.log_params(client, run_id, {
+            "initial": params.initial.model_dump(mode="json"), "n": params.n,
+            "seed": params.seed, "max_outside": params.max_outside, "strict": params.strict})
+        tracking.log_metrics(client, run_id, {
+            "trust/outside_fraction": trust["outside_fraction"],
+            "trust/outside_stderr": trust.get("outside_stderr"),
+            "trust/p_value": trust.get("p_value"), "seconds": result["seconds"]})
+    return run_id

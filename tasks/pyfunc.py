@@ -4,7 +4,11 @@
 conditioned model (``ModelConfig.conditioning``) takes its conditions as params too:
 ``params={"seed": 0, "t": 0.5, "E0": 0.001}`` samples X_t under those SDE parameters (the
 logged signature declares them, defaulting to the box's upper time and parameter midpoints);
-conditions outside the trained box are refused. The log-density is reachable from the loaded
+conditions outside the trained box are refused. ``predict`` also measures how many x0 rows lie
+outside the model's training x0 domain (:mod:`prnf_core.trust`): above ``params["max_outside"]``
+(default 0.01) it warns (a ``UserWarning`` and a log line naming the fraction), with
+``params["strict"]=True`` it refuses; inside an active MLflow run the fraction is logged as the
+metric ``trust.outside_fraction``. The log-density is reachable from the loaded
 model: ``mlflow.pyfunc.load_model(uri).unwrap_python_model().log_prob(y, x0, t=..., params=...)``.
 
 Logged as "models from code" (``tasks/pyfunc_entry.py``), not a cloudpickled object. Loading any
@@ -50,8 +54,9 @@ class SurrogatePyfunc(mlflow.pyfunc.PythonModel):
         import torch
 
         x0 = np.asarray(model_input, dtype=np.float64)
-        conditions = {k: v for k, v in (params or {}).items() if k != "seed"}
+        conditions = {k: v for k, v in (params or {}).items() if k not in _CONTROL_PARAMS}
         seed = int((params or {}).get("seed", 0))
+        check_trust(self.model, x0, params or {})
         gen = torch.Generator(device=self.model.device).manual_seed(seed)
         with torch.no_grad():
             return self.model.sample(x0, generator=gen,
@@ -70,6 +75,36 @@ class SurrogatePyfunc(mlflow.pyfunc.PythonModel):
         return self.model.sample_initial(spec, n, seed=seed, t=t, params=params)
 
 
+#: ``predict`` params that are not conditions of the model.
+_CONTROL_PARAMS = ("seed", "strict", "max_outside")
+
+
+def check_trust(model: Any, x0: np.ndarray, params: dict[str, Any]) -> float | None:
+    """The fraction of the rows ``x0`` outside ``model``'s training domain (None: the model
+    predates domain records); warns above ``params["max_outside"]``, refuses with
+    ``params["strict"]`` (:func:`prnf_core.trust.check_coverage`), and logs the fraction to
+    the active MLflow run if there is one."""
+    import logging
+    import warnings
+
+    from prnf_core.trust import DEFAULT_MAX_OUTSIDE, check_coverage, predates_domain
+
+    strict = bool(params.get("strict", False))
+    max_outside = float(params.get("max_outside", DEFAULT_MAX_OUTSIDE))
+    if getattr(model, "training_domain", None) is None:
+        if strict:
+            raise predates_domain()
+        return None
+    cov = model.coverage(x0.reshape(-1, model.dim) if x0.ndim == 1 else x0)
+    message = check_coverage(cov, max_outside, strict)
+    if message is not None:
+        logging.getLogger("prnf.trust").warning(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+    if mlflow.active_run() is not None:
+        mlflow.log_metric("trust.outside_fraction", cov.outside_fraction)
+    return cov.outside_fraction
+
+
 def _conditions(model: Any, conditions: dict[str, Any]) -> dict[str, Any]:
     """``{"t": ..., "params": {...}}`` for ``sample`` from a flat ``{name: value}``; none for a
     model without conditioning given none."""
@@ -81,10 +116,12 @@ def _conditions(model: Any, conditions: dict[str, Any]) -> dict[str, Any]:
 
 
 def signature_params(model: Any) -> dict[str, Any]:
-    """The params of a model's logged signature, with their defaults: ``seed`` and, for a
-    conditioned model, its conditions (the box's upper time and the parameter midpoints)."""
+    """The params of a model's logged signature, with their defaults: ``seed``, the trust
+    check's ``strict`` and ``max_outside`` and, for a conditioned model, its conditions (the
+    box's upper time and the parameter midpoints)."""
     box = model.conditioning
-    return {"seed": 0, **({} if box is None else box.example())}
+    return {"seed": 0, "strict": False, "max_outside": 0.01,
+            **({} if box is None else box.example())}
 
 
 def log_surrogate(model_dir: str | Path, run_id: str, example_x0: np.ndarray) -> str:
@@ -103,7 +140,7 @@ def log_surrogate(model_dir: str | Path, run_id: str, example_x0: np.ndarray) ->
     with torch.no_grad():
         example_out = model.sample(example_x0, generator=torch.Generator().manual_seed(0),
                                    **_conditions(model, {k: v for k, v in params.items()
-                                                         if k != "seed"}))
+                                                         if k not in _CONTROL_PARAMS}))
     signature = infer_signature(example_x0.astype(np.float64), example_out.numpy(),
                                 params=params)
     with mlflow.start_run(run_id=run_id):

@@ -332,15 +332,17 @@ def test_pyfunc_takes_conditions_as_params(tmp_path):
                                      params={"mu": 1.0})
     assert x0s.shape == ys.shape == (3, 1)
     params = signature_params(wrapper.model)
-    assert params == {"seed": 0, "t": 1.0, "mu": 1.25}
+    assert params == {"seed": 0, "strict": False, "max_outside": 0.01, "t": 1.0, "mu": 1.25}
     signature = infer_signature(x0, a, params=params)
     assert {p.name: p.default for p in signature.params} == params
-    # an unconditioned model's signature keeps seed only, and its predict refuses t
+    # an unconditioned model's signature keeps seed (and the trust check's params) only, and
+    # its predict refuses t
     plain = build_model(ModelConfig(dim=1, hidden_width=8), seed=0)
     plain.fit_normalization(np.zeros((4, 1)), np.ones((4, 1)))
     plain.save(tmp_path / "p")
     plain_wrapper = load_surrogate(str(tmp_path / "p"))
-    assert signature_params(plain_wrapper.model) == {"seed": 0}
+    assert signature_params(plain_wrapper.model) == {"seed": 0, "strict": False,
+                                                     "max_outside": 0.01}
     assert plain_wrapper.predict(None, x0, {"seed": 1}).shape == (4, 1)
     with pytest.raises(ConfigError, match="one horizon and fixed parameters"):
         plain_wrapper.predict(None, x0, {"seed": 1, "t": 0.5})
@@ -390,7 +392,7 @@ def test_logged_conditioned_model_takes_conditions_through_its_signature(tmp_pat
         uri = log_surrogate(tmp_path / "m", run_id, np.zeros((3, 1)))
     logged = mlflow.pyfunc.load_model(uri)
     defaults = {p.name: p.default for p in logged.metadata.get_params_schema().params}
-    assert defaults == {"seed": 0, "t": 1.0, "mu": 1.25}
+    assert defaults == {"seed": 0, "strict": False, "max_outside": 0.01, "t": 1.0, "mu": 1.25}
     a = logged.predict(np.zeros((3, 1)), params={"seed": 1, "t": 0.5, "mu": 1.0})
     b = model.sample(np.zeros((3, 1)), generator=torch.Generator().manual_seed(1), t=0.5,
                      params={"mu": 1.0}).numpy()
