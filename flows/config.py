@@ -5,11 +5,13 @@ way every flow's parameters are filled from a YAML file, dotted overrides and CL
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -17,11 +19,48 @@ from prnf_core.cluster import ExecutionConfig
 from prnf_core.dataset import DatasetConfig
 from prnf_core.errors import ConfigError
 from prnf_core.initial import InitialSpec, parse_initial
-from prnf_core.models import ModelConfig
+from prnf_core.models import Conditioning, ModelConfig
 from prnf_core.paths import is_url
 from prnf_core.problems import default_test_laws, get_problem
 from prnf_core.simulate import DType
 from prnf_core.train import TrainConfig
+
+
+class ConditionGrid(BaseModel):
+    """The (t, θ) points at which a surrogate conditioned on time and SDE parameters is
+    validated: the product of ``times`` and every parameter's values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    times: list[float] | None = Field(
+        None, description="Times t of X_t to validate at (each on the dt grid and inside the "
+                          "trained time range); default: the range's midpoint (on the dt grid) "
+                          "and its end. Only for a model conditioned on time.",
+    )
+    params: dict[str, list[float]] | None = Field(
+        None, description="Values of conditioned SDE parameters, e.g. {mu: [0.8, 1.6]} (inside "
+                          "the trained box); a parameter left out is validated at 25 % and 75 % "
+                          "of its box.",
+    )
+
+    @field_validator("times")
+    @classmethod
+    def _times(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return None
+        if not value or any(not math.isfinite(t) or t <= 0 for t in value):
+            raise ValueError(f"must be a non-empty list of finite times > 0, got {value}")
+        return sorted(set(value))
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict[str, list[float]] | None) -> dict[str, list[float]] | None:
+        if value is None:
+            return None
+        for name, values in value.items():
+            if not values or any(not math.isfinite(v) for v in values):
+                raise ValueError(f"{name}: needs a non-empty list of finite values, got {values}")
+        return {name: sorted(set(values)) for name, values in sorted(value.items())}
 
 
 class ValidationConfig(BaseModel):
@@ -61,6 +100,14 @@ class ValidationConfig(BaseModel):
         2.0, gt=0,
         description="A challenger replaces the champion only if its score is better by more "
                     "than this many combined standard errors on the same test sets.",
+    )
+    conditions: ConditionGrid | None = Field(
+        None,
+        description="A surrogate conditioned on (t, θ) (trained with save_times and/or "
+                    "param_box) is validated at every point of this grid, for every law (metrics "
+                    "val/<law>_t_<t>_<param>_<value>/...; the gate takes the worst). Empty: "
+                    "times at the midpoint and the end of the trained time range, each parameter "
+                    "at 25 % and 75 % of its box. Refused for a model without conditioning.",
     )
 
     @field_validator("bootstrap")
@@ -223,6 +270,24 @@ class PipelineParams(BaseModel):
         None, description="What to delete after the run (old model versions and test sets); "
                           "None: keep everything.",
     )
+    save_times: list[float] | None = Field(
+        None,
+        description="Times in (0, T] (on the dt grid) at which the training set keeps "
+                    "snapshots: with two or more, ONE surrogate of X_t for every t between the "
+                    "first and the last is trained (conditioned on t) and validated at a grid "
+                    "of times (validation.conditions). Empty: one horizon T.",
+    )
+    param_box: dict[str, tuple[float, float]] | None = Field(
+        None,
+        description="SDE parameters varied per training particle, name -> [low, high] (names "
+                    "from the problem's SDE.varying, e.g. {mu: [0.5, 2.0]} for ou1d_rate): the "
+                    "surrogate is conditioned on them and validated at a grid of their values "
+                    "(validation.conditions). Empty: the fixed problem_params.",
+    )
+    param_design: Literal["sobol", "uniform"] = Field(
+        "sobol", description="How θ fills param_box: a scrambled Sobol sequence over the whole "
+                             "training set, or i.i.d. uniform per chunk (both seeded by seed).",
+    )
 
     @field_validator("training", mode="before")
     @classmethod
@@ -243,6 +308,7 @@ class PipelineParams(BaseModel):
             if law.dim != sde.dim:
                 raise ValueError(f"validation.laws.{name}: dimension {law.dim}, problem "
                                  f"{self.problem!r} has dimension {sde.dim}")
+        self.condition_points()  # the validation grid fits the model's box and the dt grid
         return self
 
     def _check_growth(self) -> None:
@@ -260,18 +326,155 @@ class PipelineParams(BaseModel):
             raise ValueError(f"grow_to: {self.grow_to} is below n_train={self.n_train}")
 
     def training_dataset(self) -> DatasetConfig:
+        over = ({} if self.param_box is None else
+                {"param_box": self.param_box, "param_design": self.param_design})
         return DatasetConfig(problem=self.problem, problem_params=self.problem_params,
                              n_particles=self.n_train, chunk_size=self.chunk_size,
-                             t_end=self.t_end, dt=self.dt, seed=self.seed, dtype=self.dtype)
+                             t_end=self.t_end, dt=self.dt, seed=self.seed, dtype=self.dtype,
+                             save_times=self.save_times, **over)
 
-    def test_dataset(self, law: InitialSpec, seed: int | None = None) -> DatasetConfig:
+    def surrogate_model(self) -> ModelConfig:
+        """``model`` with the conditioning box of the training data (snapshot times and
+        ``param_box``) when it declares none: what training derives from the store."""
+        box = Conditioning.of_dataset(self.save_times, self.param_box)
+        if box is None or self.model.conditioning is not None:
+            return self.model
+        return ModelConfig.model_validate({**self.model.model_dump(mode="json"),
+                                           "conditioning": box.model_dump(mode="json")})
+
+    def condition_points(self, box: Conditioning | str | None = "trained"
+                         ) -> list[dict[str, Any]] | None:
+        """The (t, θ) points a model with conditioning ``box`` is validated at
+        (:func:`condition_points`); default box: the one this pipeline trains."""
+        if box == "trained":
+            box = self.surrogate_model().conditioning
+        data = self.training_dataset()
+        return condition_points(box, self.validation.conditions, data.horizon, data.step)
+
+    def validation_sets(self, laws: Mapping[str, InitialSpec], box: Conditioning | None,
+                        seed: int | None = None
+                        ) -> tuple[dict[str, InitialSpec], dict[str, DatasetConfig],
+                                   dict[str, dict[str, Any]] | None]:
+        """What a model with conditioning ``box`` is validated on: ``(laws, test set configs,
+        conditions)`` by case name. Without a box, the laws as given and ``conditions`` None;
+        with one, each law at each grid point (:meth:`condition_points`) as the case
+        ``"<law>@t=<t>,<param>=<value>"`` (metric keys: :func:`~prnf_core.validation.metric_key`
+        of it), its MC test set simulated at that point, ``conditions[case] = {"t": t,
+        "params": θ}``."""
+        points = self.condition_points(box)
+        if points is None:
+            return dict(laws), {k: self.test_dataset(v, seed) for k, v in laws.items()}, None
+        cases, configs, conditions = {}, {}, {}
+        for law, spec in laws.items():
+            for point in points:
+                case = f"{law}@{condition_label(point, box)}"
+                cases[case], conditions[case] = spec, point
+                configs[case] = self.test_dataset(spec, seed, point)
+        return cases, configs, conditions
+
+    def test_dataset(self, law: InitialSpec, seed: int | None = None,
+                     condition: Mapping[str, Any] | None = None) -> DatasetConfig:
         """The MC test set of one law: two independent halves of ``n_samples`` each, drawn
-        with ``seed`` (default: ``validation.seed``, the fixed regression set)."""
-        return DatasetConfig(problem=self.problem, problem_params=self.problem_params,
+        with ``seed`` (default: ``validation.seed``, the fixed regression set); at a grid point
+        ``condition`` (``{"t": t, "params": θ}``) simulated to ``t`` (same dt) with the
+        problem's parameters updated by ``θ``."""
+        problem_params, t_end = dict(self.problem_params), self.t_end
+        if condition is not None:
+            problem_params.update(condition.get("params") or {})
+            t_end = condition["t"]
+        return DatasetConfig(problem=self.problem, problem_params=problem_params,
                              initial=law, n_particles=2 * self.validation.n_samples,
-                             chunk_size=self.validation.chunk_size, t_end=self.t_end, dt=self.dt,
+                             chunk_size=self.validation.chunk_size, t_end=t_end, dt=self.dt,
                              seed=self.validation.seed if seed is None else seed,
                              dtype=self.dtype)
+
+
+def describe_box(box: Conditioning) -> str:
+    """The box as a user reads it.
+
+    >>> describe_box(Conditioning(time=(0.25, 1.0), params={"mu": (0.5, 2.0)}))
+    't in [0.25, 1.0], mu in [0.5, 2.0]'
+    """
+    bounds = zip(box.names, box.bounds(), strict=True)
+    return ", ".join(f"{name} in [{float(lo)!r}, {float(hi)!r}]" for name, (lo, hi) in bounds)
+
+
+def condition_label(point: Mapping[str, Any], box: Conditioning) -> str:
+    """A grid point as a case suffix: ``t=...`` (for a time-conditioned model), then the
+    parameters in sorted order.
+
+    >>> box = Conditioning(time=(0.25, 1.0), params={"mu": (0.5, 2.0)})
+    >>> condition_label({"t": 0.625, "params": {"mu": 0.875}}, box)
+    't=0.625,mu=0.875'
+    """
+    parts = [f"t={point['t']:.6g}"] if box.time is not None else []
+    return ",".join(parts + [f"{k}={v:.6g}" for k, v in sorted(point["params"].items())])
+
+
+def condition_points(box: Conditioning | None, grid: ConditionGrid | None, horizon: float,
+                     dt: float) -> list[dict[str, Any]] | None:
+    """The validation grid ``[{"t": t, "params": θ}, ...]`` of a model conditioned on ``box``
+    (None for a model without conditioning): the product of the times and each parameter's
+    values of ``grid``, defaults for what it leaves out: the midpoint (on the ``dt`` grid) and
+    the end of the time range (``horizon`` without one), each parameter at 25 % and 75 % of its
+    box.
+
+    Raises:
+        ConfigError: naming ``validation.conditions`` and the model's box: a grid for a model
+            without conditioning, times for a model of one horizon, a parameter it is not
+            conditioned on, a time off the dt grid, a point outside the box.
+
+    >>> box = Conditioning(time=(0.25, 1.0), params={"mu": (0.5, 2.0)})
+    >>> [(p["t"], p["params"]["mu"]) for p in condition_points(box, None, 1.0, 0.005)]
+    [(0.625, 0.875), (0.625, 1.625), (1.0, 0.875), (1.0, 1.625)]
+    """
+    where = "validation.conditions"
+    if box is None:
+        if grid is not None:
+            raise ConfigError(f"{where}: the model has no conditioning (one horizon, fixed "
+                              "parameters): set save_times and/or param_box, or leave "
+                              f"{where} unset")
+        return None
+    grid = grid or ConditionGrid()
+    known = f"the model's conditioning box: {describe_box(box)}"
+    if grid.times is not None and box.time is None:
+        raise ConfigError(f"{where}.times: the model is not conditioned on time (one horizon "
+                          f"T={horizon:g}; {known}); leave times unset")
+    unknown = sorted(set(grid.params or {}) - set(box.params))
+    if unknown:
+        raise ConfigError(f"{where}.params: {unknown} not conditioned on ({known})")
+    if box.time is None:
+        times = [float(horizon)]
+    elif grid.times is not None:
+        times = grid.times
+    else:
+        low, high = box.time
+        times = sorted({_on_grid((low + high) / 2, dt), float(high)})
+    for t in times:
+        steps = round(t / dt)
+        if steps < 1 or abs(steps * dt - t) > 1e-9 * max(t, 1.0):
+            raise ConfigError(f"{where}.times: {t!r} is not on the dt={dt:g} grid (a test set "
+                              "is simulated to each time)")
+    given = grid.params or {}
+    values = {name: given.get(name) or [lo + 0.25 * (hi - lo), lo + 0.75 * (hi - lo)]
+              for name, (lo, hi) in sorted(box.params.items())}
+    points = [{"t": float(t), "params": {}} for t in times]
+    for name, options in values.items():
+        points = [{"t": p["t"], "params": {**p["params"], name: float(v)}}
+                  for p in points for v in options]
+    rows = np.array([([p["t"]] if box.time is not None else [])
+                     + [p["params"][k] for k in sorted(box.params)] for p in points])
+    try:
+        box.check(rows)
+    except ConfigError as exc:
+        message = str(exc).split("; pass allow_outside")[0]
+        raise ConfigError(f"{where}: {message} ({known})") from None
+    return points
+
+
+def _on_grid(t: float, dt: float) -> float:
+    """``t`` rounded to the nearest multiple of ``dt`` (at least one step)."""
+    return round(max(1, round(t / dt)) * dt, 12)
 
 
 def pipeline_for_model(source: str, meta: dict[str, Any], check: CheckParams) -> PipelineParams:

@@ -96,13 +96,14 @@ def health_flow(params: HealthParams) -> dict[str, Any]:
     point = health.next_point(client, run_id)
     report_dir = data_root() / "reports" / run_id / f"point-{point}"
 
-    test_sets = simulate_test_sets({k: pipeline.test_dataset(v) for k, v in laws.items()},
-                                   params.execution)
+    cases, configs, conditions = pipeline.validation_sets(laws, surrogate.model.conditioning)
+    test_sets = simulate_test_sets(configs, params.execution)
     result = validate_surrogate(
-        ref, test_sets, {k: v.model_dump(mode="json") for k, v in laws.items()},
+        ref, test_sets, {k: v.model_dump(mode="json") for k, v in cases.items()},
         check.validation.n_samples, seed, check.validation.max_kl, check.validation.max_sw_ratio,
         train_seconds=float(meta.get("train_seconds", 0.0)), report_dir=str(report_dir),
-        bootstrap=check.validation.bootstrap)
+        bootstrap=check.validation.bootstrap,
+        **({"conditions": conditions} if conditions else {}))
     if params.seed is None:  # a clock seed is never asked for again: do not keep its MC sets
         for path in test_sets.values():
             shutil.rmtree(path, ignore_errors=True)

@@ -62,7 +62,7 @@ def warm_start_source(params: PipelineParams, client, name: str, dataset_cfg
     meta = load_start_model(source).metadata
     ours = Fingerprint.of(params.problem, params.problem_params, dataset_cfg.horizon)
     differences = Fingerprint.of_model(meta).differences(ours)
-    model = params.model.for_problem(dataset_cfg.sde())
+    model = params.surrogate_model().for_problem(dataset_cfg.sde())
     differences += [f"model.{d}" for d in
                     ModelConfig.model_validate(meta["model"]).differences(model)]
     if differences:
@@ -76,7 +76,7 @@ def training_digest(dataset_id: str, params: PipelineParams, training: TrainConf
                     init_from: str | None, sde: Any) -> str:
     """The training fingerprint's hash (:func:`prnf_core.train.training_fingerprint`) of the
     training this run is about to do: a version tagged with it has the same weights."""
-    model = params.model.for_problem(sde)
+    model = params.surrogate_model().for_problem(sde)
     init = None
     if init_from is not None:
         init = weights_digest(warm_start_state(init_from, model))

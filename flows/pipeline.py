@@ -27,12 +27,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from flows import nightly
-from flows.config import PipelineParams
+from flows.config import PipelineParams, condition_label
 from flows.train import TrainParams, default_model_dir
 from prnf_core.dataset import open_dataset
-from prnf_core.models import load_metadata
+from prnf_core.models import Conditioning, load_metadata
 from prnf_core.paths import data_root
 from prnf_core.train import TrainConfig
+from prnf_core.validation import metric_key
 from prnf_core.verdict import Fingerprint
 from tasks import registry, tracking
 from tasks.growth import grow_training_set, plan_training_set, training_chunks
@@ -159,15 +160,18 @@ def _run(params: PipelineParams, client, experiment: str, parent: str, logger,
         return validate_and_register(
             params, client, experiment, parent, model_dir, registry.logged_model_uri(trained),
             train_seconds=float(load_metadata(model_dir)["train_seconds"]), duplicate_of=trained)
-    train_params = TrainParams(data=sim["path"], model=params.model, training=training)
+    model_cfg = params.surrogate_model()  # with the (t, θ) box of the data, if any
+    train_params = TrainParams(data=sim["path"], model=model_cfg, training=training)
     model_dir = default_model_dir(train_params) + f"-{parent[:8]}"
     with tracking.child_run(client, experiment, "train", parent) as run_id:
-        tracking.log_params(client, run_id, {"model": params.model.model_dump(mode="json"),
+        tracking.log_params(client, run_id, {"model": model_cfg.model_dump(mode="json"),
                                              "training": training.model_dump(mode="json"),
                                              "dataset_id": sim["dataset_id"],
                                              "init_from": init_from or "none"})
-        tracking.set_tags(client, run_id, {"warm_start": start_note})
-        summary = _train(sim["path"], params, training, model_dir, run_id, logger, init_from)
+        tracking.set_tags(client, run_id, {"warm_start": start_note,
+                                           **conditioning_tags(model_cfg.conditioning)})
+        summary = _train(sim["path"], params, model_cfg, training, model_dir, run_id, logger,
+                         init_from)
         kept["model_dir"] = model_dir
         tracking.log_metrics(client, run_id, {
             "best_val_nll": summary["best_val_nll"], "epochs_run": summary["epochs_run"],
@@ -183,8 +187,8 @@ def _run(params: PipelineParams, client, experiment: str, parent: str, logger,
                                  extra_tags=extra_tags)
 
 
-def _train(data: str, params: PipelineParams, training: TrainConfig, model_dir: str,
-           run_id: str, logger, init_from: str | None) -> dict[str, Any]:
+def _train(data: str, params: PipelineParams, model_cfg: Any, training: TrainConfig,
+           model_dir: str, run_id: str, logger, init_from: str | None) -> dict[str, Any]:
     """Train with live metrics in the MLflow run ``run_id``. If the tracking server stops
     answering, resume from the last epoch checkpoint (model, optimizer and RNG state restored),
     with live metrics again only if the server answers again, and at last without.
@@ -193,7 +197,7 @@ def _train(data: str, params: PipelineParams, training: TrainConfig, model_dir: 
     tracking_run_id: str | None = run_id
     for attempt in range(3):
         try:
-            return train_model(data, params.model, training, model_dir,
+            return train_model(data, model_cfg, training, model_dir,
                                tracking_run_id=tracking_run_id, init_from=init_from)
         except Exception as exc:
             if tracking_run_id is None or not tracking.is_unavailable(exc):
@@ -221,6 +225,9 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
     logger = get_run_logger()
     meta = load_metadata(model_dir)
     laws = params.validation.resolved_laws(params.problem, params.problem_params)
+    box = model_box(meta)
+    points = params.condition_points(box)  # a grid outside the model's box: refused here
+    grid_tags = conditioning_tags(box, points)
     fingerprint = Fingerprint.of_model(meta)
     name = registry.model_name(fingerprint)
     champion = registry.champion_version(client, name) if params.use_registry else None
@@ -230,14 +237,17 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
     if params.fresh_test_set:
         fresh_seed = params.fresh_seed if params.fresh_seed is not None else _clock_seed()
         tracking.set_tags(client, parent, {"fresh_seed": fresh_seed})
+    if grid_tags:
+        tracking.set_tags(client, parent, grid_tags)
     with tracking.child_run(client, experiment, "validate", parent) as run_id:
-        validation, test_ids, fixed_sets = _score(params, laws, fresh_seed, model_dir, champion_ref,
-                                         train_seconds, report_dir)
+        tracking.set_tags(client, run_id, grid_tags)
+        validation, test_ids, fixed_sets = _score(params, laws, box, fresh_seed, model_dir,
+                                                  champion_ref, train_seconds, report_dir)
         _log_validation(client, run_id, validation, test_ids, "")
         regression = validation
         if fresh_seed is not None:
             regression, regression_ids, fixed_sets = _score(
-                params, laws, None, model_dir, champion_ref, train_seconds,
+                params, laws, box, None, model_dir, champion_ref, train_seconds,
                 report_dir / "regression")
             _log_validation(client, run_id, regression, regression_ids, "regression/")
             test_ids.update({f"regression/{k}": v for k, v in regression_ids.items()})
@@ -268,7 +278,7 @@ def validate_and_register(params: PipelineParams, client, experiment: str, paren
                 "validation_rule": validation["rule"], "score": validation["score"],
                 "score_stderr": validation["score_stderr"],
                 "score_name": validation["score_name"], "pipeline_run_id": parent,
-                **test_ids, **(extra_tags or {}),
+                **test_ids, **grid_tags, **(extra_tags or {}),
                 **({"fresh_seed": fresh_seed} if fresh_seed is not None else {}),
                 **_metric_tags(validation["metrics"], ""),
                 **(_metric_tags(regression["metrics"], "regression/")
@@ -322,22 +332,56 @@ def _clock_seed() -> int:
     return time.time_ns() % (2 ** 31)
 
 
-def _score(params: PipelineParams, laws: dict, mc_seed: int | None, model_dir: str,
-           champion_ref: str | None, train_seconds: float, report_dir: Path
+def _score(params: PipelineParams, laws: dict, box: Conditioning | None, mc_seed: int | None,
+           model_dir: str, champion_ref: str | None, train_seconds: float, report_dir: Path
            ) -> tuple[dict[str, Any], dict[str, str], set[str]]:
     """Validate the model (and the champion) on the test sets drawn with ``mc_seed`` (None:
-    the fixed ``validation.seed``); the validation, the test sets' ids and their paths."""
+    the fixed ``validation.seed``), each law at each point of the (t, θ) grid of a model with
+    the conditioning ``box``; the validation, the test sets' ids and their paths."""
     seed = params.validation.seed if mc_seed is None else mc_seed
-    test_cfgs = {law: params.test_dataset(spec, seed) for law, spec in laws.items()}
+    cases, test_cfgs, conditions = params.validation_sets(laws, box, seed)
     test_sets = simulate_test_sets(test_cfgs, params.execution)
     validation = validate_surrogate(
-        model_dir, test_sets, {k: v.model_dump(mode="json") for k, v in laws.items()},
+        model_dir, test_sets, {k: v.model_dump(mode="json") for k, v in cases.items()},
         params.validation.n_samples, seed, params.validation.max_kl,
         params.validation.max_sw_ratio, train_seconds=train_seconds,
         report_dir=str(report_dir), bootstrap=params.validation.bootstrap,
-        champion_ref=champion_ref, history=training_history(model_dir))
-    ids = {f"test_set.{k}": open_dataset(p).dataset_id for k, p in test_sets.items()}
+        champion_ref=champion_ref, history=training_history(model_dir),
+        **({"conditions": conditions} if conditions else {}))
+    ids = {f"test_set.{metric_key(k)}": open_dataset(p).dataset_id
+           for k, p in test_sets.items()}
     return validation, ids, {str(Path(p).resolve()) for p in test_sets.values()}
+
+
+def model_box(meta: dict[str, Any]) -> Conditioning | None:
+    """The conditioning box of a saved model (its metadata ``meta``), None without one."""
+    box = (meta.get("model") or {}).get("conditioning")
+    return None if box is None else Conditioning.model_validate(box)
+
+
+def conditioning_tags(box: Conditioning | None,
+                      points: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """The MLflow tags of a conditioned model's domain (``conditioning.time = [a, b]``,
+    ``conditioning.params.<name> = [low, high]``) and, with ``points``, of its validation grid
+    (``validation.grid``: every point; ``validation.grid.t``, ``validation.grid.<name>``: the
+    values); empty for a model without conditioning.
+
+    >>> box = Conditioning(time=(0.25, 1.0), params={"mu": (0.5, 2.0)})
+    >>> conditioning_tags(box)
+    {'conditioning.time': '[0.25, 1.0]', 'conditioning.params.mu': '[0.5, 2.0]'}
+    """
+    if box is None:
+        return {}
+    tags = {} if box.time is None else {"conditioning.time": json.dumps(list(box.time))}
+    tags.update({f"conditioning.params.{k}": json.dumps([lo, hi])
+                 for k, (lo, hi) in box.params.items()})
+    if points:
+        tags["validation.grid"] = "; ".join(condition_label(p, box) for p in points)
+        if box.time is not None:
+            tags["validation.grid.t"] = json.dumps(sorted({p["t"] for p in points}))
+        tags.update({f"validation.grid.{k}": json.dumps(sorted({p["params"][k] for p in points}))
+                     for k in box.params})
+    return tags
 
 
 def _log_validation(client, run_id: str, validation: dict[str, Any], ids: dict[str, str],

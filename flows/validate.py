@@ -39,15 +39,17 @@ def validate_flow(params: ValidateParams) -> dict[str, Any]:
     experiment = tracking.experiment_id(client, problem)
     with tracking.child_run(client, experiment, "validate", None,
                             tags={"model": params.model}) as run_id:
-        test_sets = simulate_test_sets({k: pipeline.test_dataset(v) for k, v in laws.items()},
-                                       params.execution)
+        # a model conditioned on (t, θ): every law at every point of the validation grid
+        cases, configs, conditions = pipeline.validation_sets(laws, surrogate.model.conditioning)
+        test_sets = simulate_test_sets(configs, params.execution)
         result = validate_surrogate(
-            params.model, test_sets, {k: v.model_dump(mode="json") for k, v in laws.items()},
+            params.model, test_sets, {k: v.model_dump(mode="json") for k, v in cases.items()},
             params.validation.n_samples, params.validation.seed, params.validation.max_kl,
             params.validation.max_sw_ratio,
             train_seconds=float(meta.get("train_seconds", 0.0)),
             report_dir=str(data_root() / "reports" / run_id),
-            bootstrap=params.validation.bootstrap)
+            bootstrap=params.validation.bootstrap,
+            **({"conditions": conditions} if conditions else {}))
         tracking.log_params(client, run_id, {"validation": params.validation.model_dump(
             mode="json")})
         tracking.log_metrics(client, run_id, result["metrics"])

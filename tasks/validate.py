@@ -31,6 +31,7 @@ from prnf_core.validation import (
     torch_threads,
     validate_samples,
 )
+from prnf_core.validation.kl import condition_of
 from prnf_core.verdict import Estimate, Fingerprint, LawScore, Verdict, judge
 from tasks.progress import Reporter
 
@@ -80,34 +81,43 @@ def verdict_of(metrics: dict[str, float], laws: list[str], max_sw_ratio: float,
 
 def evaluate_model(model: Any, problem: str, problem_params: dict[str, Any],
                    test_sets: dict[str, str], laws: dict[str, InitialSpec], n_samples: int,
-                   seed: int, t_end: float, detailed: bool = True, bootstrap: int = 0
+                   seed: int, t_end: float, detailed: bool = True, bootstrap: int = 0,
+                   conditions: dict[str, dict[str, Any]] | None = None
                    ) -> tuple[ValidationReport, dict, float]:
     """Validate ``model`` on the test sets (simulated to the horizon ``t_end``, at which the
     exact KL is taken too). Returns the report, surrogate samples per law and the surrogate's
-    sampling rate (samples/s)."""
-    sde = get_problem(problem, **problem_params)
+    sampling rate (samples/s).
+
+    ``conditions`` (a model conditioned on (t, θ)): per case ``{"t": t, "params": θ}``, the
+    point its test set was simulated at; the model is sampled there and the exact KL taken
+    there, with the problem's parameters updated by θ."""
     report = ValidationReport(problem=problem)
     samples, sample_seconds = {}, 0.0
     with torch_threads(1):  # small batched ops: one thread is fastest on a shared CPU
         for i, (law, path) in enumerate(test_sets.items()):
-            sample_seconds += _evaluate_law(model, problem, sde, t_end, law, path, laws[law],
+            point = (conditions or {}).get(law)
+            t = t_end if point is None else float(point["t"])
+            sde = get_problem(problem, **{**problem_params, **(point or {}).get("params", {})})
+            sample_seconds += _evaluate_law(model, problem, sde, t, law, path, laws[law],
                                             n_samples, seed + i, detailed, bootstrap, report,
-                                            samples)
+                                            samples, conditioned=point is not None)
     rate = len(test_sets) * n_samples / max(sample_seconds, 1e-9)
     return report, samples, rate
 
 
 def _evaluate_law(model: Any, problem: str, sde: Any, t_end: float, law: str, path: str,
                   spec: InitialSpec, n_samples: int, seed: int, detailed: bool, bootstrap: int,
-                  report: ValidationReport, samples: dict) -> float:
-    """Add one law's results to ``report``; return the surrogate's sampling seconds."""
+                  report: ValidationReport, samples: dict, conditioned: bool = False) -> float:
+    """Add one law's results to ``report``; return the surrogate's sampling seconds. A
+    ``conditioned`` case samples the model at (``t_end``, ``sde``'s parameters)."""
     import torch
 
     mc = open_dataset(path).load("xT")
     mc_a, mc_b = mc[:n_samples], mc[n_samples:2 * n_samples]
+    condition = condition_of(model, sde, t_end) if conditioned else {}
     started = time.perf_counter()
     with torch.no_grad():
-        _, sur = model.sample_initial(spec, n_samples, seed=seed)
+        _, sur = model.sample_initial(spec, n_samples, seed=seed, **condition)
     seconds = time.perf_counter() - started
     samples[law] = (sur, mc_a)
     report.add(validate_samples(problem, sur, mc_a, mc_b, law=law, seed=seed,
@@ -131,7 +141,8 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
                        n_samples: int, seed: int, max_kl: float, max_sw_ratio: float,
                        train_seconds: float, report_dir: str, bootstrap: int = 0,
                        champion_ref: str | None = None,
-                       history: list[dict[str, float]] | None = None) -> dict[str, Any]:
+                       history: list[dict[str, float]] | None = None,
+                       conditions: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Validate a surrogate (and the current champion, on the same data); write the report and
     plots. Returns metrics, the gate's verdict and score with its SE, the champion's, and the
     written files.
@@ -140,6 +151,11 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
     configuration fingerprint); the test sets must have been simulated for that configuration.
     The champion is scored only when its fingerprint is the same: a model of another SDE or
     horizon is never scored on these test sets (``champion_note`` says why it was not).
+
+    ``conditions`` (a model conditioned on (t, θ)): the grid point ``{"t": t, "params": θ}`` of
+    each case (law at a point) of ``test_sets``, see :func:`evaluate_model`; the gate then takes
+    the worst over all cases. A champion is scored on the same grid only when it has the same
+    conditioning box.
     """
     from prnf_core import plots
     from tasks.pyfunc import load_surrogate
@@ -154,7 +170,7 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
     model = surrogate.model
     report, samples, sur_rate = evaluate_model(model, problem, problem_params, test_sets, laws,
                                                n_samples, seed, fingerprint.t_end,
-                                               bootstrap=bootstrap)
+                                               bootstrap=bootstrap, conditions=conditions)
     mc_seconds = sum(open_dataset(p).simulation_seconds() for p in test_sets.values())
     mc_particles = sum(open_dataset(p).n_particles for p in test_sets.values())
     report.cost = cost_summary(train_seconds, sur_rate, mc_particles / max(mc_seconds, 1e-9),
@@ -163,7 +179,8 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
     law_keys = [metric_key(r.law) for r in report.results]
     verdict = verdict_of(metrics, law_keys, max_sw_ratio, max_kl)
     champion = _score_champion(champion_ref, fingerprint, test_sets, laws, n_samples, seed,
-                               bootstrap, law_keys, max_sw_ratio, max_kl) if champion_ref else {}
+                               bootstrap, law_keys, max_sw_ratio, max_kl,
+                               conditions, model.conditioning) if champion_ref else {}
     if champion.get("note"):
         logger.warning("champion %s not scored: %s", champion_ref, champion["note"])
 
@@ -189,7 +206,10 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
             mc_err=[r.qoi.mc_stderr for r in qoi_rows],
             xlabel="initial temperature", ylabel=qoi_rows[0].qoi.name))
     markdown = report.to_markdown()
-    if exact:
+    if exact and conditions:
+        markdown += ("\n## Exact KL(p_t || q_t) at each law's (t, θ)\n\n"
+                     "| law | KL | SE |\n|---|---|---|\n")
+    elif exact:
         markdown += (f"\n## Exact KL(p_T || q_T) at T = {fingerprint.t_end:g}\n\n"
                      "| law | KL | SE |\n|---|---|---|\n")
         for law, est in report.meta["kl"].items():
@@ -223,9 +243,12 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
 
 def _score_champion(champion_ref: str, fingerprint: Fingerprint, test_sets: dict[str, str],
                     laws: dict[str, InitialSpec], n_samples: int, seed: int, bootstrap: int,
-                    law_keys: list[str], max_sw_ratio: float, max_kl: float) -> dict[str, Any]:
-    """The champion's score and verdict on the same test sets, or a ``note`` saying why it was
-    not scored (another configuration, or it could not be loaded)."""
+                    law_keys: list[str], max_sw_ratio: float, max_kl: float,
+                    conditions: dict[str, dict[str, Any]] | None = None,
+                    box: Any = None) -> dict[str, Any]:
+    """The champion's score and verdict on the same test sets (at the same grid points
+    ``conditions``), or a ``note`` saying why it was not scored (another configuration or
+    conditioning box ``box``, or it could not be loaded)."""
     from tasks.pyfunc import load_surrogate
 
     try:
@@ -236,10 +259,23 @@ def _score_champion(champion_ref: str, fingerprint: Fingerprint, test_sets: dict
     differences = theirs.differences(fingerprint)
     if differences:
         return {"note": "another configuration, not comparable: " + "; ".join(differences)}
+    theirs_box = getattr(champion.model, "conditioning", None)
+    if theirs_box != box:
+        return {"note": "another conditioning box, not comparable: "
+                        f"{_box_text(theirs_box)} != {_box_text(box)}"}
     report, _, _ = evaluate_model(champion.model, fingerprint.problem,
                                   dict(fingerprint.problem_params), test_sets, laws, n_samples,
-                                  seed, fingerprint.t_end, detailed=False, bootstrap=bootstrap)
+                                  seed, fingerprint.t_end, detailed=False, bootstrap=bootstrap,
+                                  conditions=conditions)
     metrics = flat_metrics(report)
     verdict = verdict_of(metrics, law_keys, max_sw_ratio, max_kl)
     return {"score": verdict.score, "passed": verdict.passed, "metrics": metrics}
 
+
+
+def _box_text(box: Any) -> str:
+    """A conditioning box in a note (``none``: one horizon, fixed parameters)."""
+    if box is None:
+        return "none"
+    return ", ".join(f"{name} in [{lo:g}, {hi:g}]"
+                     for name, (lo, hi) in zip(box.names, box.bounds(), strict=True))
