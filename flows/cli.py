@@ -163,6 +163,28 @@ def validate(
 
 
 @app.command()
+def check(
+    model: Annotated[str, Opt(help="models:/NAME@champion, models:/NAME/N, runs:/... or a dir.")],
+    initial: Annotated[str, Opt(help="The initial law: JSON/YAML text or file.")],
+    n: Annotated[int | None, Opt(
+        "-n", "--n", help="MC particles per half of the fresh test set (default 2000).")] = None,
+    name: Annotated[str | None, Opt(help="Name of the law in metrics and tags.")] = None,
+    seed: Annotated[int | None, Opt(help="Seed of the fresh MC test set.")] = None,
+    workers: sup.Workers = None,
+    config: sup.Config = None,
+    set_: sup.Sets = None,
+) -> None:
+    """Can I trust the model for this initial law? Coverage, then a small fresh MC of the law:
+    SW ratio, C2ST, the problem's QoIs with their errors; logged to MLflow against the model."""
+    from flows.check import TrustCheckParams, check_flow
+
+    params = build_params(TrustCheckParams, config=config, sets=set_, paths=("model",), options={
+        "model": model, "initial": initial, "n": n, "name": name, "seed": seed,
+        "execution.workers": workers})
+    show.checked(sup.run_with_progress(check_flow, params))
+
+
+@app.command()
 def health(
     model: Annotated[str | None, typer.Argument(
         help="Registered model name whose champion is checked (default: prnf-ou).")] = None,

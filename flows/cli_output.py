@@ -78,6 +78,35 @@ def inverted(result: dict[str, Any]) -> None:
               highlight=False)
 
 
+def checked(result: dict[str, Any]) -> None:
+    """What `prnf check` prints: coverage, the metrics with their errors, the verdict."""
+    m, trust = result["metrics"], result["trust"]
+    out.print(("WARNING: " if trust["flagged"] else "coverage: ") + trust["message"],
+              highlight=False, soft_wrap=True)
+    table = Table("metric", "value", "error", title=f"check of {result['model']} on "
+                                                    f"{result['law']}")
+    table.add_row("SW ratio (to the MC noise floor)", f"{m['sw_ratio']:.3g}",
+                  f"± {m['sw_ratio_stderr']:.2g}" if "sw_ratio_stderr" in m else "")
+    if "c2st_acc" in m:
+        table.add_row("C2ST accuracy (0.5: indistinguishable)", f"{m['c2st_acc']:.3f}",
+                      f"± {m['c2st_stderr']:.3f} (null up to {m['c2st_null_high']:.3f})")
+    if "kl" in m:
+        table.add_row("exact KL", f"{m['kl']:.4g}", f"± {m['kl_stderr']:.2g}")
+    for key in sorted(k for k in m if f"{k}_stderr" in m and k.endswith("_sur")
+                      and f"{k[:-4]}_mc_stderr" in m):
+        q = key[:-4]
+        table.add_row(f"{q}: surrogate / MC", f"{m[key]:.4g} / {m[q + '_mc']:.4g}",
+                      f"± {m[q + '_sur_stderr']:.2g} / ± {m[q + '_mc_stderr']:.2g} "
+                      f"(z {m[q + '_z']:.2f})")
+    out.print(table)
+    where = (f" and version {result['version']['name']}/{result['version']['version']}"
+             if result.get("version") else "")
+    out.print(f"{'trusted' if result['passed'] else 'NOT trusted'}"
+              + "".join(f"\n  {failure}" for failure in result["failures"])
+              + f"\nlogged to MLflow run {result['run_id']}{where}; report {result['report']}",
+              highlight=False, soft_wrap=True)
+
+
 def validated(result: dict[str, Any], model: str) -> None:
     table = Table("metric", "value", title=f"validation of {model}")
     for key, value in sorted(result["metrics"].items()):

@@ -277,13 +277,16 @@ def coverage(domain: TrainingDomain, law: Any, n: int = DEFAULT_COVERAGE_N,
     if domain.has_density and m >= 1:
         mean = float(domain.log_density(x[inside]).mean())
         var = float(domain.logq_var)
+        scale = max(1.0, abs(float(domain.logq_mean)))
+        if var <= (1e-9 * scale) ** 2:  # rounding of a constant log q
+            var = 0.0
         se = math.sqrt(var * (1.0 / m + 1.0 / max(domain.logq_n, 1)))
         diff = mean - float(domain.logq_mean)
         if se > 0:
             z = diff / se
             p = float(2 * stats.norm.sf(abs(z)))
         else:  # constant log q (uniform training law): no evidence either way
-            z, p = (0.0, 1.0) if abs(diff) <= 1e-9 * max(1.0, abs(mean)) else (math.inf, 0.0)
+            z, p = (0.0, 1.0) if abs(diff) <= 1e-9 * scale else (math.inf, 0.0)
     return Coverage(outside_fraction=f, outside_stderr=math.sqrt(f * (1 - f) / len(x)),
                     p_value=p, z=z, n=len(x), n_inside=m, domain=domain.describe())
 
