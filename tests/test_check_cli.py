@@ -113,3 +113,24 @@ def test_check_reports_and_logs_against_the_model_version(model_dir):
         metrics["val.narrow.sw_ratio"], rel=1e-5)
     assert tags["check.narrow.run_id"] == check_run
     assert tags["check.narrow.passed"] == str(metrics["passed"] == 1.0).lower()
+
+
+def test_pyfunc_predict_warns_and_refuses_on_rows_outside_the_domain(model_dir):
+    from prnf_core.trust import OutsideDomainError
+    from tasks.pyfunc import load_surrogate
+
+    wrapper = load_surrogate(str(model_dir))
+    rows = np.linspace(0.0, 4.0, 100)[:, None]  # half of them beyond x = 2
+    with pytest.warns(UserWarning, match=r"initial: 50\.00 % .*max_outside = 1 %"):
+        assert wrapper.predict(None, rows, {"seed": 0}).shape == (100, 1)
+    with pytest.raises(OutsideDomainError, match="refused: strict"):
+        wrapper.predict(None, rows, {"seed": 0, "strict": True})
+    inside = wrapper.predict(None, rows[:50], {"seed": 0, "strict": True})
+    assert inside.shape == (50, 1)
+    assert wrapper.predict(None, rows, {"seed": 0, "max_outside": 0.6}).shape == (100, 1)
+
+
+def test_bad_threshold_is_refused_naming_the_field(model_dir, tmp_path):
+    result = _sample(model_dir, tmp_path / "b.npy", INSIDE, "--max-outside", "2")
+    assert result.exit_code == 2
+    assert "max_outside: Input should be less than or equal to 1" in result.output
