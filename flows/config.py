@@ -24,6 +24,7 @@ from prnf_core.paths import is_url
 from prnf_core.problems import default_test_laws, get_problem
 from prnf_core.simulate import DType
 from prnf_core.train import TrainConfig
+from prnf_core.verdict import Fingerprint
 
 
 class ConditionGrid(BaseModel):
@@ -332,6 +333,14 @@ class PipelineParams(BaseModel):
                              n_particles=self.n_train, chunk_size=self.chunk_size,
                              t_end=self.t_end, dt=self.dt, seed=self.seed, dtype=self.dtype,
                              save_times=self.save_times, **over)
+
+    def fingerprint(self) -> Fingerprint:
+        """What the surrogate this pipeline trains approximates (its registered-model name
+        and the comparability of champions follow from it)."""
+        box = self.surrogate_model().conditioning
+        return Fingerprint.of(self.problem, self.problem_params,
+                              self.training_dataset().horizon,
+                              None if box is None else box.model_dump(mode="json"))
 
     def surrogate_model(self) -> ModelConfig:
         """``model`` with the conditioning box of the training data (snapshot times and

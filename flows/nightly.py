@@ -60,7 +60,7 @@ def warm_start_source(params: PipelineParams, client, name: str, dataset_cfg
         return None, f"from scratch ({name} has no champion yet)"
     source = f"models:/{name}/{champion.version}"
     meta = load_start_model(source).metadata
-    ours = Fingerprint.of(params.problem, params.problem_params, dataset_cfg.horizon)
+    ours = params.fingerprint()
     differences = Fingerprint.of_model(meta).differences(ours)
     model = params.surrogate_model().for_problem(dataset_cfg.sde())
     differences += [f"model.{d}" for d in

@@ -139,8 +139,7 @@ def _run(params: PipelineParams, client, experiment: str, parent: str, logger,
     tracking.set_tags(client, parent, {**data_tags, **chunks})
 
     # 2. train (from scratch, or fine-tuning the champion), log the surrogate as pyfunc
-    name = registry.model_name(Fingerprint.of(params.problem, params.problem_params,
-                                              dataset_cfg.horizon))
+    name = registry.model_name(params.fingerprint())
     init_from, start_note = nightly.warm_start_source(params, client, name, dataset_cfg)
     training = params.training
     if init_from is not None:

@@ -143,16 +143,23 @@ def compare(challenger: Estimate, champion: Estimate, n_se: float = DEFAULT_N_SE
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """What makes two surrogates comparable: they approximate the same ``p(X_T | X_0)``."""
+    """What makes two surrogates comparable: they approximate the same ``p(X_T | X_0)``, or,
+    conditioned, the same :math:`p(X_t | X_0; θ)` over the same (t, θ) box (``conditioning``:
+    the box as :meth:`Conditioning.model_dump <prnf_core.models.Conditioning>` gives it; left
+    out of :meth:`as_dict` when None, so an unconditioned model's digest is what it was)."""
 
     problem: str
     problem_params: Mapping[str, Any]
     t_end: float
     dim: int
+    conditioning: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"problem": self.problem, "problem_params": dict(self.problem_params),
-                "t_end": float(self.t_end), "dim": int(self.dim)}
+        out = {"problem": self.problem, "problem_params": dict(self.problem_params),
+               "t_end": float(self.t_end), "dim": int(self.dim)}
+        if self.conditioning is not None:
+            out["conditioning"] = json.loads(json.dumps(self.conditioning))  # tuples as lists
+        return out
 
     @property
     def digest(self) -> str:
@@ -163,25 +170,26 @@ class Fingerprint:
         """``field: mine != theirs`` for every field that differs (empty: comparable)."""
         mine, theirs = self.as_dict(), other.as_dict()
         out = []
-        for key in mine:
+        for key in dict.fromkeys([*mine, *theirs]):  # "conditioning" may be on one side only
             if key == "problem_params":
                 for name in sorted(set(mine[key]) | set(theirs[key])):
                     a, b = mine[key].get(name), theirs[key].get(name)
                     if a != b:
                         out.append(f"problem_params.{name}: {a!r} != {b!r}")
-            elif mine[key] != theirs[key]:
-                out.append(f"{key}: {mine[key]!r} != {theirs[key]!r}")
+            elif mine.get(key) != theirs.get(key):
+                out.append(f"{key}: {mine.get(key)!r} != {theirs.get(key)!r}")
         return out
 
     @classmethod
     def of(cls, problem: str, problem_params: Mapping[str, Any] | None = None,
-           t_end: float | None = None) -> Fingerprint:
+           t_end: float | None = None, conditioning: Mapping[str, Any] | None = None
+           ) -> Fingerprint:
         """The fingerprint of a problem configuration, every default resolved."""
         from prnf_core.problems import get_problem
 
         sde = get_problem(problem, **dict(problem_params or {}))
         return cls(problem, sde.describe()["params"],
-                   float(sde.t_end if t_end is None else t_end), sde.dim)
+                   float(sde.t_end if t_end is None else t_end), sde.dim, conditioning)
 
     @classmethod
     def of_model(cls, metadata: Mapping[str, Any]) -> Fingerprint:
@@ -190,7 +198,7 @@ class Fingerprint:
         try:
             data = metadata["dataset_config"]
             return cls(data["problem"], data["problem_params"], float(data["t_end"]),
-                       int(metadata["model"]["dim"]))
+                       int(metadata["model"]["dim"]), metadata["model"].get("conditioning"))
         except (KeyError, TypeError) as exc:
             from prnf_core.errors import ConfigError
 

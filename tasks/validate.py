@@ -155,7 +155,7 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
     ``conditions`` (a model conditioned on (t, θ)): the grid point ``{"t": t, "params": θ}`` of
     each case (law at a point) of ``test_sets``, see :func:`evaluate_model`; the gate then takes
     the worst over all cases. A champion is scored on the same grid only when it has the same
-    conditioning box.
+    conditioning box (part of the fingerprint).
     """
     from prnf_core import plots
     from tasks.pyfunc import load_surrogate
@@ -180,7 +180,7 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
     verdict = verdict_of(metrics, law_keys, max_sw_ratio, max_kl)
     champion = _score_champion(champion_ref, fingerprint, test_sets, laws, n_samples, seed,
                                bootstrap, law_keys, max_sw_ratio, max_kl,
-                               conditions, model.conditioning) if champion_ref else {}
+                               conditions) if champion_ref else {}
     if champion.get("note"):
         logger.warning("champion %s not scored: %s", champion_ref, champion["note"])
 
@@ -244,11 +244,10 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
 def _score_champion(champion_ref: str, fingerprint: Fingerprint, test_sets: dict[str, str],
                     laws: dict[str, InitialSpec], n_samples: int, seed: int, bootstrap: int,
                     law_keys: list[str], max_sw_ratio: float, max_kl: float,
-                    conditions: dict[str, dict[str, Any]] | None = None,
-                    box: Any = None) -> dict[str, Any]:
+                    conditions: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The champion's score and verdict on the same test sets (at the same grid points
-    ``conditions``), or a ``note`` saying why it was not scored (another configuration or
-    conditioning box ``box``, or it could not be loaded)."""
+    ``conditions``), or a ``note`` saying why it was not scored (another configuration, which
+    includes another conditioning box, or it could not be loaded)."""
     from tasks.pyfunc import load_surrogate
 
     try:
@@ -259,10 +258,6 @@ def _score_champion(champion_ref: str, fingerprint: Fingerprint, test_sets: dict
     differences = theirs.differences(fingerprint)
     if differences:
         return {"note": "another configuration, not comparable: " + "; ".join(differences)}
-    theirs_box = getattr(champion.model, "conditioning", None)
-    if theirs_box != box:
-        return {"note": "another conditioning box, not comparable: "
-                        f"{_box_text(theirs_box)} != {_box_text(box)}"}
     report, _, _ = evaluate_model(champion.model, fingerprint.problem,
                                   dict(fingerprint.problem_params), test_sets, laws, n_samples,
                                   seed, fingerprint.t_end, detailed=False, bootstrap=bootstrap,
@@ -270,12 +265,3 @@ def _score_champion(champion_ref: str, fingerprint: Fingerprint, test_sets: dict
     metrics = flat_metrics(report)
     verdict = verdict_of(metrics, law_keys, max_sw_ratio, max_kl)
     return {"score": verdict.score, "passed": verdict.passed, "metrics": metrics}
-
-
-
-def _box_text(box: Any) -> str:
-    """A conditioning box in a note (``none``: one horizon, fixed parameters)."""
-    if box is None:
-        return "none"
-    return ", ".join(f"{name} in [{lo:g}, {hi:g}]"
-                     for name, (lo, hi) in zip(box.names, box.bounds(), strict=True))

@@ -104,6 +104,23 @@ def test_registered_model_name_per_fingerprint():
     assert model_name(short) == f"prnf-ou-{short.digest[:8]}"
 
 
+def test_a_conditioned_surrogate_has_its_own_fingerprint_and_name():
+    """One over (t, mu) is not comparable with one at a fixed horizon and mu, nor with one over
+    another box; the plain one keeps its digest (no conditioning key)."""
+    from prnf_core.models import Conditioning
+    from tasks.registry import model_name
+
+    box = Conditioning(time=(0.25, 1.0), params={"mu": (0.5, 2.0)}).model_dump(mode="json")
+    wider = Conditioning(time=(0.25, 1.0), params={"mu": (0.5, 3.0)}).model_dump(mode="json")
+    plain, conditioned = Fingerprint.of("ou1d_rate"), Fingerprint.of("ou1d_rate", conditioning=box)
+    assert "conditioning" not in plain.as_dict() and plain.is_default()
+    assert model_name(plain) == "prnf-ou1d_rate"
+    assert model_name(conditioned) == f"prnf-ou1d_rate-{conditioned.digest[:8]}"
+    assert [d.split(":")[0] for d in conditioned.differences(plain)] == ["conditioning"]
+    assert conditioned.differences(Fingerprint.of("ou1d_rate", conditioning=wider))
+    assert conditioned == Fingerprint.of("ou1d_rate", conditioning=dict(box))
+
+
 # -- real models on bm1d ------------------------------------------------------------------------
 
 T_SHORT = 0.1  # bm1d's default horizon is 0.5: the models below are trained for T = 0.1
