@@ -287,6 +287,22 @@ def plot_validation_curves(histories: Mapping[str, Sequence[Mapping[str, float]]
     return _save(fig, path)
 
 
+def plot_curve(x: Sequence[float], y: Sequence[float], path: str | Path, *,
+               err: Sequence[float] | None = None, xlabel: str = "x", ylabel: str = "y",
+               title: str | None = None, n_sigma: float = 2.0) -> Path:
+    """One quantity against one variable, with ``n_sigma`` standard-error bars."""
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    yerr = None if err is None else n_sigma * np.asarray(err, dtype=float)
+    ax.errorbar(np.asarray(x, dtype=float), np.asarray(y, dtype=float), yerr=yerr,
+                color=SUR_COLOR, marker="o", ms=3, capsize=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
 def plot_heatmap(values: np.ndarray | Sequence, x_centres: Sequence[float],
                  y_centres: Sequence[float], path: str | Path, *, xlabel: str = "x",
                  ylabel: str = "y", label: str = "value", title: str | None = None,
@@ -314,5 +330,5 @@ def plot_heatmap(values: np.ndarray | Sequence, x_centres: Sequence[float],
     return _save(fig, path)
 
 
-__all__ = ["plot_heatmap", "plot_marginals_1d", "plot_marginals_2d", "plot_qoi_vs_param",
-           "plot_training_curves", "plot_validation_curves"]
+__all__ = ["plot_curve", "plot_heatmap", "plot_marginals_1d", "plot_marginals_2d",
+           "plot_qoi_vs_param", "plot_training_curves", "plot_validation_curves"]

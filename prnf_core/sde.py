@@ -163,6 +163,10 @@ class SDE:
             ``{"name", "value", "stderr"}`` (:data:`QoIFunction`; e.g. built with
             :func:`prnf_core.validation.binomial_qoi`). Validation compares the first one
             (:attr:`primary_qoi`) on surrogate and MC samples.
+        regions: Named regions of the state space, ``name -> {coordinate name: (low, high)}``
+            (``None``: unbounded on that side; coordinates left out are free), the targets of
+            the inverse question :math:`P(X_T \in R \mid x_0)` (:mod:`prnf_core.inverse`),
+            e.g. runaway2d's ``"runaway": {"p": (p*, None)}``.
     """
 
     name: str
@@ -184,6 +188,8 @@ class SDE:
     x0_period: Sequence[float | None] | None = None
     qois: Mapping[str, QoIFunction] = field(default_factory=dict)
     varying: tuple[str, ...] = ()
+    regions: Mapping[str, Mapping[str, tuple[float | None, float | None]]] = field(
+        default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim < 1:
@@ -234,6 +240,12 @@ class SDE:
                              f"got {self.qois!r}")
         object.__setattr__(self, "qois", dict(self.qois))
         object.__setattr__(self, "varying", _check_varying(self.varying, self.params))
+        for region, bounds in self.regions.items():
+            unknown = sorted(set(bounds) - set(names))
+            if unknown:
+                raise ValueError(f"SDE.regions[{region!r}]: {unknown} are not coordinates "
+                                 f"{tuple(names)}")
+        object.__setattr__(self, "regions", {k: dict(v) for k, v in self.regions.items()})
 
     # -- properties declared for solvers and for later layers -------------------------------
     @property

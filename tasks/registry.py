@@ -46,6 +46,19 @@ def champion_version(client: MlflowClient, name: str) -> Any | None:
         return None
 
 
+def model_version_of(client: MlflowClient, uri: str) -> tuple[str | None, str | None]:
+    """``(name, version)`` of a registry URI ``models:/NAME/VERSION`` or ``models:/NAME@alias``
+    (the alias resolved now); ``(None, None)`` for any other URI (``runs:/``, a logged model)."""
+    rest = uri.removeprefix("models:/")
+    if rest == uri or rest.startswith("m-"):
+        return None, None
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = rest.partition("/")
+    return name, version or None
+
+
 #: Version tags that identify a trained model: a version with both equal is the same model.
 IDENTITY_TAGS = ("model_dir", "weights_sha256")
 

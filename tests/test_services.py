@@ -432,7 +432,7 @@ def test_deploy_all_creates_every_deployment_of_prefect_yaml(stack, deployed):
     deployments = deployed["deployments"]
     assert set(deployments) == expected == {
         "pipeline/pipeline-nightly", "simulate/simulate", "train/train", "validate/validate",
-        "sample/sample", "check/check", "reproduce/reproduce",
+        "sample/sample", "check/check", "inverse/inverse", "reproduce/reproduce",
         "champion-health/champion-health"}
     for name, d in deployments.items():
         assert d["work_pool_name"] == "prnf-process", name

@@ -71,4 +71,5 @@ def abc3d(*, pe: float = 3.0, A: float = 1.0, B: float = 1.0, C: float = 0.25,
         x0_period=(two_pi,) * 3,
         qois={"region_probability": abc_region_probability},
         varying=("pe",),
+        regions={"paper": {"x": ABC_BOX[0], "z": ABC_BOX[1]}},
     )

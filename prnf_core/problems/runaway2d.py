@@ -124,4 +124,5 @@ def runaway2d(*, Z: float = 1.0, E0: float = 1 / 2000, tau: float = 6000.0, T_ti
         description="runaway electrons (p, xi), relativistic collisions (paper exp. 2)",
         qois={"runaway_rate": runaway_rate},
         varying=("E0", "Z"),
+        regions={"runaway": {"p": (RUNAWAY_P_STAR, None)}},
     )
