@@ -319,7 +319,7 @@ def inverse(
         "--time", help="Time t (a model conditioned on time).")] = None,
     param: Annotated[list[str] | None, Opt(
         help="SDE parameter NAME=VALUE of a model conditioned on it (repeatable).")] = None,
-    out_dir: Annotated[str, Opt("--out", help="Output directory (under the data root).")
+    out_dir: Annotated[str, Opt("--out", help="Output directory.")
                        ] = "inverse/latest",
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a previous inverse output.")
                          ] = False,
