@@ -141,8 +141,9 @@ def write_page(out: Path, rows: list[dict], summary: dict) -> None:
             cells = [r for r in rows if r["law"] == law and r["t"] == t]
             lines.append(f"| {law} | {t} | " + " | ".join(
                 f"{r['kl']:.4f} ± {r['se']:.4f}" for r in cells) + " |")
-    lines += ["", "Not on this page yet (issue 14 still open): the runaway2d study over (t, E0), "
-              "the cost table, the pipeline's validation at a grid of (t, θ)."]
+    lines += ["", "The runaway2d study over (t, E0) with its cost table: "
+              "[conditioned_runaway2d.md](conditioned_runaway2d.md); the pipeline validates a "
+              "conditioned model at a grid of (t, θ) points (README, `validation.conditions`)."]
     (out / "conditioned.md").write_text("\n".join(lines) + "\n")
 
 
