@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh dev
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest -m "not slow" --doctest-modules prnf_core tests "$@"
+exec .venv/bin/python -m pytest -m "not slow" --doctest-modules --durations=30 prnf_core tests "$@"
