@@ -191,7 +191,7 @@ def grid_points(sde: SDE, axes: Sequence[str] | None = None,
 
     >>> from prnf_core.problems import get_problem
     >>> axes, grid, fixed, x0 = grid_points(get_problem("abc3d"), ("x", "z"), resolution=3)
-    >>> axes, [round(v, 3) for v in grid[0]], fixed, x0.shape
+    >>> axes, [round(float(v), 3) for v in grid[0]], fixed, x0.shape
     (('x', 'z'), [0.0, 3.142, 6.283], {'y': 3.141592653589793}, (9, 3))
     """
     names = list(sde.coord_names)

@@ -216,13 +216,19 @@ def test_fit_checks_the_condition_columns():
 
 
 class _Store(Dataset):
-    """A stand-in for a store simulated with save_times and a param_box (the dataset half of
-    issue 14 provides ``conditioned_tuples``)."""
+    """A stand-in for a store simulated with save_times and a param_box, whose condition
+    columns a test may set at will (a real store's always match its configuration); its
+    training law is unknown, as for raw arrays (the training domain comes from its x0)."""
 
     def __init__(self, rows, names, save_times=(0.5, 1.0), param_box=None):
         self._rows, self._names = rows, names
         self._config = types.SimpleNamespace(save_times=list(save_times or []) or None,
-                                             param_box=param_box)
+                                             param_box=param_box, initial_spec=lambda: None)
+
+    def load(self, name, allow_partial=False):
+        if name != "x0":
+            raise KeyError(name)
+        return self._rows[0]
 
     @property
     def config(self):
