@@ -9,11 +9,19 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from prnf_core.cluster import ExecutionConfig
 from prnf_core.dataset import DatasetConfig
@@ -64,6 +72,16 @@ class ConditionGrid(BaseModel):
         return {name: sorted(set(values)) for name, values in sorted(value.items())}
 
 
+def _resamples(value: int) -> int:
+    if value == 1:
+        raise ValueError("must be 0 (no standard error) or at least 2 resamples")
+    return value
+
+
+#: Bootstrap resamples of a standard error: 0 (none) or at least 2.
+BootstrapCount = Annotated[int, AfterValidator(_resamples)]
+
+
 class ValidationConfig(BaseModel):
     """How a surrogate is checked against fresh Monte Carlo simulations."""
 
@@ -92,7 +110,7 @@ class ValidationConfig(BaseModel):
         description="Problems with an exact transition must also have every law's exact KL "
                     "(at the trained horizon) below this.",
     )
-    bootstrap: int = Field(
+    bootstrap: BootstrapCount = Field(
         30, ge=0,
         description="Bootstrap resamples of the surrogate's samples for the standard error of "
                     "each SW ratio (0: none, and then no champion is ever replaced).",
@@ -110,13 +128,6 @@ class ValidationConfig(BaseModel):
                     "times at the midpoint and the end of the trained time range, each parameter "
                     "at 25 % and 75 % of its box. Refused for a model without conditioning.",
     )
-
-    @field_validator("bootstrap")
-    @classmethod
-    def _bootstrap(cls, value: int) -> int:
-        if value == 1:
-            raise ValueError("must be 0 (no standard error) or at least 2 resamples")
-        return value
 
     @field_validator("laws", mode="before")
     @classmethod
