@@ -118,7 +118,7 @@ class Region(BaseModel):
         return f"{self.name}: {text}" if self.name else text
 
 
-def _condition(model: Any, n: int, t: Any, params: Mapping[str, Any] | None,
+def _condition(model: Any, t: Any, params: Mapping[str, Any] | None,
                allow_outside: bool) -> dict[str, Any]:
     """Keyword arguments of a (conditioned) model's sample call."""
     if getattr(model, "conditioning", None) is None:
@@ -143,7 +143,7 @@ def hit_probability(model: Any, x0: np.ndarray, region: Region, coord_names: Seq
         raise ConfigError(f"x0: must have shape (m, {model.dim}), got {x0.shape}")
     if draws < 1:
         raise ConfigError(f"draws: must be >= 1, got {draws}")
-    kwargs = _condition(model, len(x0), t, params, allow_outside)
+    kwargs = _condition(model, t, params, allow_outside)
     gen = torch.Generator(device=getattr(model, "device", "cpu")).manual_seed(seed)
     hits = np.zeros(len(x0), dtype=np.int64)
     per_block = max(1, SAMPLE_BLOCK // draws)  # x0 rows per model call
