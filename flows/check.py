@@ -14,7 +14,6 @@ version), and, for a registry version, version tags ``check.<law>.sw_ratio``,
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from prnf_core.initial import InitialSpec, parse_initial
 from prnf_core.paths import ModelRef, data_root
 from prnf_core.trust import DEFAULT_MAX_OUTSIDE
 from prnf_core.validation import metric_key
-from tasks import tracking
+from tasks import registry, tracking
 from tasks.validate import evaluate_model, flat_metrics, simulate_test_sets, verdict_of
 
 
@@ -74,20 +73,6 @@ class TrustCheckParams(BaseModel):
         return metric_key(self.name or self.initial.kind)
 
 
-_REGISTRY_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))")
-
-
-def registry_version(client: Any, uri: str) -> tuple[str, str] | None:
-    """``(name, version)`` of a ``models:/NAME@alias`` or ``models:/NAME/N`` URI; else None."""
-    match = _REGISTRY_URI.fullmatch(uri)
-    if match is None:
-        return None
-    if match["alias"] is not None:
-        return match["name"], str(client.get_model_version_by_alias(match["name"],
-                                                                    match["alias"]).version)
-    return match["name"], match["version"]
-
-
 def mc_test_config(meta: dict[str, Any], law: InitialSpec, params: TrustCheckParams
                 ) -> tuple[DatasetConfig, str, dict[str, Any], float]:
     """The MC test set of ``law`` for the model whose metadata is ``meta``: its problem and
@@ -121,7 +106,9 @@ def check_flow(params: TrustCheckParams) -> dict[str, Any]:
     config, problem, problem_params, t_end = mc_test_config(meta, params.initial, params)
     client = tracking.configure()
     tracking.check_reachable(client)
-    version = registry_version(client, params.model)
+    name, number = registry.model_version_of(client, params.model)
+    # a version whose tags the check sets: one with a number (not models:/NAME/latest)
+    version = (name, number) if name and number and number.isdigit() else None
     tags = {"model": params.model, "check.law": law}
     if version is not None:
         tags.update({"model_name": version[0], "model_version": version[1]})
