@@ -112,8 +112,8 @@ def check_flow(params: TrustCheckParams) -> dict[str, Any]:
     tags = {"model": params.model, "check.law": law}
     if version is not None:
         tags.update({"model_name": version[0], "model_version": version[1]})
-    experiment = tracking.experiment_id(client, problem)
-    with tracking.child_run(client, experiment, "check", None, tags=tags) as run_id:
+    with tracking.model_run(client, problem, "check", params.model, tags=tags,
+                            registered=(name, number)) as run:
         test_sets = simulate_test_sets({law: config}, params.execution)
         report, _, _ = evaluate_model(model, problem, problem_params, test_sets,
                                       {law: params.initial}, params.n, params.seed, t_end,
@@ -124,18 +124,18 @@ def check_flow(params: TrustCheckParams) -> dict[str, Any]:
                             ("outside_fraction", "outside_stderr", "p_value")})
         verdict = verdict_of(metrics, [law], params.max_sw_ratio, params.max_kl)
         markdown = _markdown(params, law, report.to_markdown(), trust, verdict, metrics)
-        out = data_root() / "reports" / run_id
+        out = data_root() / "reports" / run.run_id
         out.mkdir(parents=True, exist_ok=True)
         (out / "check.md").write_text(markdown)
-        tracking.log_params(client, run_id, {
-            "initial": params.initial.model_dump(mode="json"), "n": params.n,
-            "seed": params.seed, "max_sw_ratio": params.max_sw_ratio, "test_set": test_sets[law]})
-        tracking.log_metrics(client, run_id, {**metrics, "passed": float(verdict.passed)})
-        tracking.log_artifacts(client, run_id, [out / "check.md"], "report")
+        run.log(params={"initial": params.initial.model_dump(mode="json"), "n": params.n,
+                        "seed": params.seed, "max_sw_ratio": params.max_sw_ratio,
+                        "test_set": test_sets[law]},
+                metrics={**metrics, "passed": float(verdict.passed)},
+                artifacts=[out / "check.md"], artifact_path="report")
         if version is not None:
-            _tag_version(client, version, law, metrics, verdict.passed, run_id)
+            _tag_version(client, version, law, metrics, verdict.passed, run.run_id)
     create_markdown_artifact(markdown, key="prnf-check", description=f"check of {params.model}")
-    return {"model": params.model, "law": law, "run_id": run_id, "problem": problem,
+    return {"model": params.model, "law": law, "run_id": run.run_id, "problem": problem,
             "version": None if version is None else {"name": version[0],
                                                      "version": version[1]},
             "passed": verdict.passed, "failures": list(verdict.failures), "trust": trust,

@@ -152,18 +152,15 @@ def _track(params: InverseParams, problem: str, metrics: dict[str, float], folde
 
     client = tracking.configure()
     name, version = registry.model_version_of(client, params.model)
-    run_id = tracking.start_run(client, tracking.experiment_id(client, problem),
-                                f"inverse-{name or 'model'}", tags={
-                                    "prnf.step": "inverse", "prnf.model": name or params.model,
-                                    "prnf.model_version": version or "", "model_uri": params.model})
     region = params.region if isinstance(params.region, str) else json.dumps(params.region)
-    tracking.log_params(client, run_id, {"region": region, "resolution": params.resolution,
-                                         "draws": params.draws, "seed": params.seed,
-                                         "time": params.time, "sde_params": params.sde_params})
-    tracking.log_metrics(client, run_id, metrics)
-    tracking.log_artifacts(client, run_id, sorted(folder.iterdir()))
-    client.set_terminated(run_id)
-    return run_id
+    with tracking.model_run(client, problem, "inverse", params.model,
+                            run_name=f"inverse-{name or 'model'}", registered=(name, version),
+                            tags={"model_uri": params.model}) as run:
+        run.log(params={"region": region, "resolution": params.resolution,
+                        "draws": params.draws, "seed": params.seed, "time": params.time,
+                        "sde_params": params.sde_params},
+                metrics=metrics, artifacts=sorted(folder.iterdir()))
+    return run.run_id
 
 
 @flow(name="inverse", log_prints=True)

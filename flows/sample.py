@@ -249,17 +249,15 @@ def _track(params: SampleParams, meta: dict[str, Any], result: dict[str, Any]) -
     """An MLflow run ``sample`` in the experiment of the model's problem; its id."""
     from tasks import tracking
 
-    client = tracking.configure()
-    experiment = tracking.experiment_id(client, meta["problem"]["name"])
     trust = result["trust"]
-    with tracking.child_run(client, experiment, "sample", None,
-                            tags={"model": params.model,
-                                  "trust.flagged": str(trust["flagged"]).lower()}) as run_id:
-        tracking.log_params(client, run_id, {
-            "initial": params.initial.model_dump(mode="json"), "n": params.n,
-            "seed": params.seed, "max_outside": params.max_outside, "strict": params.strict})
-        tracking.log_metrics(client, run_id, {
-            "trust/outside_fraction": trust["outside_fraction"],
-            "trust/outside_stderr": trust.get("outside_stderr"),
-            "trust/p_value": trust.get("p_value"), "seconds": result["seconds"]})
-    return run_id
+    with tracking.model_run(tracking.configure(), meta["problem"]["name"], "sample",
+                            params.model, tags={
+                                "model": params.model,
+                                "trust.flagged": str(trust["flagged"]).lower()}) as run:
+        run.log(params={"initial": params.initial.model_dump(mode="json"), "n": params.n,
+                        "seed": params.seed, "max_outside": params.max_outside,
+                        "strict": params.strict},
+                metrics={"trust/outside_fraction": trust["outside_fraction"],
+                         "trust/outside_stderr": trust.get("outside_stderr"),
+                         "trust/p_value": trust.get("p_value"), "seconds": result["seconds"]})
+    return run.run_id

@@ -29,7 +29,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from prnf_core.errors import PrnfError
 from prnf_core.paths import data_root
+from tasks.registry import model_version_of
 
 # Bounded retries when the tracking server does not answer (seconds of back-off per try).
 _RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -158,6 +160,50 @@ def log_artifacts(client: MlflowClient, run_id: str, paths: list[str | Path],
                   artifact_path: str | None = None) -> None:
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path)
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """An MLflow run about one model (:func:`model_run`): its id, and the model's registered
+    name and version (None for a URI or directory outside the registry)."""
+
+    client: MlflowClient
+    run_id: str
+    model_name: str | None
+    model_version: str | None
+
+    def log(self, params: Mapping[str, Any] | None = None,
+            metrics: Mapping[str, float] | None = None, artifacts: Sequence[str | Path] = (),
+            artifact_path: str | None = None) -> None:
+        """Log params, metrics (``/`` becomes ``.``, None and NaN dropped) and files."""
+        if params:
+            log_params(self.client, self.run_id, params)
+        if metrics:
+            log_metrics(self.client, self.run_id, metrics)
+        if artifacts:
+            log_artifacts(self.client, self.run_id, list(artifacts), artifact_path)
+
+
+@contextlib.contextmanager
+def model_run(client: MlflowClient, problem: str, step: str, model: str, *,
+              run_name: str | None = None, tags: Mapping[str, Any] | None = None,
+              registered: tuple[str | None, str | None] | None = None) -> Iterator[ModelRun]:
+    """A top-level run ``run_name`` (default: ``step``) in the experiment of ``problem`` about
+    the model ``model`` (a registry or run URI, or a directory), for what a flow does with a
+    model it did not train (sample, check, inverse).
+
+    Tagged ``prnf.step = step``, ``prnf.model`` (the registered name, else ``model``),
+    ``prnf.model_version`` (the version, else empty), the owner (:func:`start_run`) and
+    ``tags``; it ends FINISHED, or FAILED if the block raises (:func:`child_run`).
+    ``registered``: the model's ``(name, version)`` when the caller has resolved it already
+    (:func:`tasks.registry.model_version_of`: an alias is resolved once).
+    """
+    name, version = registered if registered is not None else model_version_of(client, model)
+    all_tags = {"prnf.step": step, "prnf.model": name or model,
+                "prnf.model_version": version or "", **(tags or {})}
+    with child_run(client, experiment_id(client, problem), run_name or step, None,
+                   all_tags) as run_id:
+        yield ModelRun(client, run_id, name, version)
 
 
 def run_url(run_id: str, experiment: str) -> str:
