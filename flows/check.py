@@ -19,14 +19,14 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from flows.config import BootstrapCount
+from flows.config import BootstrapCount, InitialSpecField
 from flows.sample import load_model_param, trust_of
 from prnf_core.cluster import ExecutionConfig
 from prnf_core.dataset import DatasetConfig
 from prnf_core.errors import ConfigError
-from prnf_core.initial import InitialSpec, parse_initial
+from prnf_core.initial import InitialSpec
 from prnf_core.paths import ModelRef, data_root
 from prnf_core.trust import DEFAULT_MAX_OUTSIDE
 from prnf_core.validation import metric_key
@@ -41,7 +41,7 @@ class TrustCheckParams(BaseModel):
 
     model: ModelRef = Field(description="models:/NAME@alias, models:/NAME/VERSION, runs:/... or "
                                         "a dir (a relative dir is taken under the data root).")
-    initial: InitialSpec = Field(description="The initial law to check the model for.")
+    initial: InitialSpecField = Field(description="The initial law to check the model for.")
     name: str | None = Field(
         None, description="Name of the law in the metrics and tags (val/<name>/..., "
                           "check.<name>.*); default: its kind, e.g. maxwellian.")
@@ -63,11 +63,6 @@ class TrustCheckParams(BaseModel):
         description="Warn when more of the law than this lies outside the training domain.")
     execution: ExecutionConfig = Field(
         default_factory=ExecutionConfig, description="Dask workers for the MC test set.")
-
-    @field_validator("initial", mode="before")
-    @classmethod
-    def _parse(cls, value: Any) -> Any:
-        return parse_initial(value)
 
     def law_name(self) -> str:
         return metric_key(self.name or self.initial.kind)

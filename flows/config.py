@@ -16,6 +16,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -80,6 +81,10 @@ def _resamples(value: int) -> int:
 
 #: Bootstrap resamples of a standard error: 0 (none) or at least 2.
 BootstrapCount = Annotated[int, AfterValidator(_resamples)]
+
+#: An initial law given as anything :func:`~prnf_core.initial.parse_initial` reads (a mapping,
+#: JSON/YAML text, a spec file); its errors name the field ``initial``.
+InitialSpecField = Annotated[InitialSpec, BeforeValidator(parse_initial)]
 
 
 class ValidationConfig(BaseModel):

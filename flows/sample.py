@@ -11,9 +11,9 @@ import torch
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flows.config import InitialSpecField
 from prnf_core.dataset import ATTR_KEY
 from prnf_core.errors import ConfigError, PrnfError
-from prnf_core.initial import InitialSpec, parse_initial
 from prnf_core.paths import ModelRef, atomic_path, is_url, resolve_path
 from prnf_core.trust import DEFAULT_MAX_OUTSIDE, check_coverage, predates_domain
 
@@ -23,7 +23,7 @@ class SampleParams(BaseModel):
 
     model: ModelRef = Field(description="models:/NAME@alias, models:/NAME/VERSION, runs:/... or "
                                         "a dir (a relative dir is taken under the data root).")
-    initial: InitialSpec = Field(description="Initial distribution of x0.")
+    initial: InitialSpecField = Field(description="Initial distribution of x0.")
     n: int = Field(10_000, gt=0, description="Number of samples.")
     out: str = Field("samples.npy", description="Output file: .npy or .zarr; a relative path is "
                                                 "taken under the data root and may not leave it.")
@@ -62,11 +62,6 @@ class SampleParams(BaseModel):
                            "the model's problem: the trust metrics (trust.outside_fraction, its "
                            "SE, the typicality p-value), n and seconds, tagged with the model.",
     )
-
-    @field_validator("initial", mode="before")
-    @classmethod
-    def _parse(cls, value: Any) -> Any:
-        return parse_initial(value)
 
     @field_validator("out")
     @classmethod
