@@ -5,6 +5,7 @@ tuples, persistence, the checkpoint fingerprint and the pyfunc wrapper."""
 from __future__ import annotations
 
 import doctest
+import json
 import types
 import warnings
 
@@ -102,6 +103,59 @@ def test_the_box_fixes_the_condition_normalization():
 
 
 # -- the API -----------------------------------------------------------------------------------
+def test_time_scaling_is_on_for_a_time_box_and_refused_without_one():
+    assert ModelConfig(dim=1, conditioning=BOX).time_scaling is True
+    params_only = Conditioning(params={"mu": (0.5, 2.0)})
+    assert ModelConfig(dim=1, conditioning=params_only).time_scaling is False
+    assert ModelConfig(dim=1, conditioning=BOX, time_scaling=False).time_scaling is False
+    with pytest.raises(ValidationError, match=r"time_scaling: needs a conditioning with a time "
+                                              r"range \(conditioning.time\)"):
+        ModelConfig(dim=1, conditioning=params_only, time_scaling=True)
+    with pytest.raises(ValidationError, match="time_scaling: needs a conditioning"):
+        ModelConfig(dim=1, time_scaling=True)
+    assert "time_scaling" not in ModelConfig(dim=1).model_dump(mode="json")
+
+
+def test_time_scaling_recovers_the_spread_and_mean_of_each_time():
+    """Increments with mean c·u(t) and log spread a + b·u(t), u = log(t + ε) (the fitted form):
+    the fitted m(t) and s(t) at every snapshot are within 4 standard errors of the truth
+    (SE of a mean σ/√n, of a log standard deviation 1/√(2(n-1)), n rows per time)."""
+    from prnf_core.models import time_scaling
+
+    box, n = (0.1, 1.0), 4000
+    times = np.linspace(*box, 10)
+    u = np.log(times + time_scaling.EPS_FRACTION * (box[1] - box[0]))
+    mean, log_std = 0.3 * u, -0.2 + 0.5 * u
+    rng = np.random.default_rng(0)
+    t = np.repeat(times, n)
+    inc = (np.repeat(mean, n) + np.exp(np.repeat(log_std, n)) * rng.standard_normal(len(t)))
+    model = build_model(ModelConfig(dim=1, hidden_width=8, dtype="float64",
+                                    conditioning=Conditioning(time=box)), seed=0)
+    x0 = rng.uniform(-1, 1, (len(t), 1))
+    model.fit_normalization(x0, x0 + inc[:, None], t[:, None])
+    got_mean, got_std = model._target_scale(torch.as_tensor(times)[:, None])
+    got_mean, got_std = got_mean[:, 0].numpy(), got_std[:, 0].numpy()
+    assert np.all(np.abs(got_mean - mean) < 4 * np.exp(log_std) / np.sqrt(n)), got_mean - mean
+    assert np.all(np.abs(np.log(got_std) - log_std) < 4 / np.sqrt(2 * (n - 1))), got_std
+
+
+def test_a_conditioned_model_saved_before_time_scaling_loads_without_it(tmp_path):
+    model = build_model(ModelConfig(dim=2, hidden_width=16, dtype="float64", conditioning=BOX,
+                                    time_scaling=False), seed=0)
+    rng = np.random.default_rng(0)
+    model.fit_normalization(rng.normal(size=(64, 2)), rng.normal(size=(64, 2)))
+    model.eval().save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "config.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["model"]["time_scaling"]  # as written before the option existed
+    meta_path.write_text(json.dumps(meta))
+    loaded = load_model(tmp_path / "m", device="cpu")
+    assert loaded.config.time_scaling is False
+    x0, y = rng.normal(size=(5, 2)), rng.normal(size=(5, 2))
+    torch.testing.assert_close(loaded.log_prob(y, x0, t=0.5, params={"mu": 1.0}),
+                               model.log_prob(y, x0, t=0.5, params={"mu": 1.0}), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_api_shapes_with_scalar_and_per_row_conditions(arch):
     model = make(arch)

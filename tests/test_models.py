@@ -271,18 +271,28 @@ def conditions(n: int = 7):
             "params": {"mu": np.linspace(1.0, -1.0, n), "sigma": 0.3}}
 
 
+@pytest.mark.parametrize("time_scaling", [True, False])
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("dim", DIMS)
-def test_conditioned_model_keeps_the_contract(arch, dim, tmp_path):
+def test_conditioned_model_keeps_the_contract(arch, dim, time_scaling, tmp_path):
     """With a conditioning: shapes (t=/params=), gradients reach every parameter, the exact
-    log-density equals the autograd slogdet form, save/load round-trips the box."""
+    log-density equals the autograd slogdet form (with time scaling: through a spread that
+    changes with t), save/load round-trips the box."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(architecture=arch, dim=dim, hidden_width=24, transforms=2,
-                                    dtype="float64", conditioning=BOXED))
+                                    dtype="float64", conditioning=BOXED,
+                                    time_scaling=time_scaling))
     assert model.config.cond_dim == 3
     rng = np.random.default_rng(0)
-    model.fit_normalization(rng.normal(1.0, 2.0, (64, dim)), rng.normal(-1.0, 0.5, (64, dim)))
+    fit_cond = BOXED.features(64, t=rng.uniform(0.0, 1.0, 64),
+                              params={"mu": rng.uniform(-1.0, 1.0, 64), "sigma": 0.3})
+    fit_x0 = rng.normal(1.0, 2.0, (64, dim))
+    spread = 0.1 + fit_cond[:, :1]  # the increments widen with t
+    model.fit_normalization(fit_x0, fit_x0 + rng.normal(-1.0, 0.5, (64, dim)) * spread, fit_cond)
     model.eval()
+    scale = model._target_scale(torch.tensor([[0.0, 0.0, 0.3], [1.0, 0.0, 0.3]]))[1]
+    scale = torch.broadcast_to(scale, (2, dim))  # rows t = 0 and t = 1
+    assert bool((scale[1] > 2 * scale[0]).all()) == time_scaling, scale
     x0, y, _ = inputs(dim)
     cond = BOXED.features(7, **conditions())
     assert model.log_prob(y, x0, **conditions()).shape == (7,)

@@ -8,7 +8,9 @@ the training split and saved with the weights. Subclasses implement two maps in 
 * ``_sample_normalized(ctx, generator) -> (n, d)``.
 
 Physical log-density: :math:`\log q(y\mid x_0) = \log q_n(\hat y \mid \hat x_0) - \sum_i \log s_i`
-with :math:`\hat y = (y - m)/s` (change of variables of the affine normalization).
+with :math:`\hat y = (y - m)/s` (change of variables of the affine normalization). A model
+conditioned on time scales the increment :math:`y - x_0` by statistics of the time instead,
+:math:`m(t)` and :math:`s(t)` (:mod:`prnf_core.models.time_scaling`).
 
 Conditioned models (``ModelConfig.conditioning``, :mod:`prnf_core.models.conditioning`) learn
 :math:`q(y \mid x_0;\, c) \approx p(X_t = y \mid X_0 = x_0;\, θ)` for every condition
@@ -36,6 +38,7 @@ from torch import nn
 
 from prnf_core.errors import ConfigError
 from prnf_core.initial import parse_initial
+from prnf_core.models import time_scaling
 from prnf_core.models.conditioning import Conditioning
 from prnf_core.paths import atomic_path
 from prnf_core.simulate import default_device
@@ -86,6 +89,12 @@ class ModelConfig(BaseModel):
                           "of p(X_t | x0; θ) for t in time, θ in params; null: one horizon and "
                           "fixed parameters (the default).",
     )
+    time_scaling: bool | None = Field(
+        None, description="Conditioned on time: the flow models the increment X_t - x0 centred "
+                          "and scaled by its mean and spread at each t (from the training "
+                          "times), so early narrow laws and late wide ones are equally easy; "
+                          "null (default): on for a model conditioned on time, else off.",
+    )
     hidden_width: int = Field(128, ge=1, description="Width of each hidden layer.")
     hidden_layers: int = Field(2, ge=1, description="Number of hidden layers per network.")
     activation: Activation = Field("tanh", description="Hidden activation (prnf).")
@@ -125,6 +134,11 @@ class ModelConfig(BaseModel):
                     f"cond_dim: {self.cond_dim} != the conditioning's {self.conditioning.dim} "
                     f"features {self.conditioning.names}; leave cond_dim unset")
             self.cond_dim = self.conditioning.dim
+        timed = self.conditioning is not None and self.conditioning.time is not None
+        if self.time_scaling and not timed:
+            raise ValueError("time_scaling: needs a conditioning with a time range "
+                             "(conditioning.time); leave it unset or false")
+        self.time_scaling = timed if self.time_scaling is None else self.time_scaling
         return self
 
     @model_serializer(mode="wrap")
@@ -134,6 +148,7 @@ class ModelConfig(BaseModel):
         data = handler(self)
         if self.conditioning is None and isinstance(data, dict):
             data.pop("conditioning", None)
+            data.pop("time_scaling", None)
         return data
 
     def differences(self, other: ModelConfig) -> list[str]:
@@ -217,6 +232,9 @@ class ConditionalSampler(nn.Module):
         self.register_buffer("y_std", torch.ones(d))
         self.register_buffer("c_mean", torch.zeros(k))
         self.register_buffer("c_std", torch.ones(k))
+        if config.time_scaling:  # coefficients of m(t) and log s(t)
+            self.register_buffer("t_mean", torch.zeros(time_scaling.DEGREE + 1, d))
+            self.register_buffer("t_log_std", torch.zeros(time_scaling.DEGREE + 1, d))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         #: Where in x0 the model was trained (set by :func:`prnf_core.train.fit`, saved with
         #: the model); None for a model saved before prnf recorded it.
@@ -244,8 +262,9 @@ class ConditionalSampler(nn.Module):
 
     @property
     def displaces(self) -> bool:
-        """Whether the model learns :math:`X_T - x_0` (a declared periodic symmetry)."""
-        return self.config.x0_period is not None
+        """Whether the model learns :math:`X_T - x_0` (a declared periodic symmetry, or time
+        scaling)."""
+        return self.config.x0_period is not None or bool(self.config.time_scaling)
 
     @property
     def context_dim(self) -> int:
@@ -280,7 +299,9 @@ class ConditionalSampler(nn.Module):
     def fit_normalization(self, x0: ArrayLike, y: ArrayLike, cond: ArrayLike | None = None) -> None:
         """Set the z-scoring statistics from training data (physical units). The condition
         features are z-scored from ``cond`` too, unless the model has a conditioning: then they
-        are mapped from its box to [-1, 1] whatever the sample (``cond`` may be omitted)."""
+        are mapped from its box to [-1, 1] whatever the sample (``cond`` may be omitted).
+        With time scaling, the increments' statistics per training time (from the ``t`` column
+        of ``cond``; without ``cond``, those over all rows at every time)."""
         boxed = self.config.conditioning is not None
         x0, y, cond = self._inputs(x0, y, cond, allow_unfitted=True, need_cond=not boxed)
         for name, data in (("x0", x0), ("y", self._target(x0, y)), ("c", cond)):
@@ -291,7 +312,21 @@ class ConditionalSampler(nn.Module):
             # A constant column (e.g. a point-mass x0) is left unscaled, not divided by zero.
             getattr(self, f"{name}_std").copy_(torch.where(std > 0, std, torch.ones_like(std)))
         self._set_box_normalization()
+        if self.config.time_scaling:
+            box = self.config.conditioning.time
+            t = cond[:, 0] if cond is not None else torch.full((len(y),), box[1], dtype=y.dtype)
+            mean, log_std = time_scaling.fit(t, self._target(x0, y), box)
+            self.t_mean.copy_(mean)
+            self.t_log_std.copy_(log_std)
         self.fitted.fill_(True)
+
+    def _target_scale(self, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(m, s)`` of the affine normalization of the target: the global z-score, or with
+        time scaling the statistics at each row's time (``(n, d)`` each)."""
+        if not self.config.time_scaling:
+            return self.y_mean, self.y_std
+        return time_scaling.evaluate(self.t_mean, self.t_log_std, cond[:, 0],
+                                     self.config.conditioning.time)
 
     def normalize(self, x0: torch.Tensor, y: torch.Tensor | None,
                   cond: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -308,8 +343,10 @@ class ConditionalSampler(nn.Module):
             ctx = torch.cat(columns, dim=1)
         if self.config.cond_dim:
             ctx = torch.cat([ctx, (cond - self.c_mean) / self.c_std], dim=1)
-        yn = None if y is None else (self._target(x0, y) - self.y_mean) / self.y_std
-        return yn, ctx
+        if y is None:
+            return None, ctx
+        mean, std = self._target_scale(cond)
+        return (self._target(x0, y) - mean) / std, ctx
 
     def _target(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """What the flow models: :math:`X_T - x_0` under a periodic symmetry, else
@@ -376,7 +413,8 @@ class ConditionalSampler(nn.Module):
         x0_t, y_t, c_t = self._inputs(x0, y, cond, t=t, params=params,
                                       allow_outside=allow_outside)
         yn, ctx = self.normalize(x0_t, y_t, c_t)
-        return self._log_prob_normalized(yn, ctx) - torch.log(self.y_std).sum()
+        log_scale = torch.log(self._target_scale(c_t)[1]).sum(dim=-1)
+        return self._log_prob_normalized(yn, ctx) - log_scale
 
     @torch.no_grad()
     def sample(self, x0: ArrayLike, cond: ArrayLike | None = None,
@@ -388,7 +426,8 @@ class ConditionalSampler(nn.Module):
         x0_t, _, c_t = self._inputs(x0, None, cond, t=t, params=params,
                                     allow_outside=allow_outside)
         _, ctx = self.normalize(x0_t, None, c_t)
-        out = self._sample_normalized(ctx, generator) * self.y_std + self.y_mean
+        mean, std = self._target_scale(c_t)
+        out = self._sample_normalized(ctx, generator) * std + mean
         return out + x0_t if self.displaces else out
 
     def sample_initial(self, spec: Any, n: int, seed: int = 0,
@@ -496,7 +535,10 @@ def load_model(directory: str | Path, device: str | torch.device | None = None
     if not (directory / "config.json").is_file() or not (directory / "weights.pt").is_file():
         raise FileNotFoundError(f"no saved model (config.json + weights.pt) in {directory}")
     meta = json.loads((directory / "config.json").read_text())
-    model = build_model(ModelConfig.model_validate(meta["model"]))
+    saved = dict(meta["model"])
+    if saved.get("conditioning") is not None:  # saved before time scaling existed: without it
+        saved.setdefault("time_scaling", False)
+    model = build_model(ModelConfig.model_validate(saved))
     state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     if meta.get("training_domain") is not None:
