@@ -114,6 +114,10 @@ def test_time_scaling_is_on_for_a_time_box_and_refused_without_one():
     with pytest.raises(ValidationError, match="time_scaling: needs a conditioning"):
         ModelConfig(dim=1, time_scaling=True)
     assert "time_scaling" not in ModelConfig(dim=1).model_dump(mode="json")
+    # an explicit choice on a config whose box comes from the store later is kept
+    later = ModelConfig.model_validate({**ModelConfig(dim=1, time_scaling=False).model_dump(),
+                                        "conditioning": BOX.model_dump()})
+    assert later.time_scaling is False
 
 
 def test_time_scaling_recovers_the_spread_and_mean_of_each_time():

@@ -138,7 +138,10 @@ class ModelConfig(BaseModel):
         if self.time_scaling and not timed:
             raise ValueError("time_scaling: needs a conditioning with a time range "
                              "(conditioning.time); leave it unset or false")
-        self.time_scaling = timed if self.time_scaling is None else self.time_scaling
+        if self.conditioning is not None and self.time_scaling is None:
+            # resolved only with a box: unset stays unset on a config whose box comes later
+            # (from the training store), so that box gets the default too
+            self.time_scaling = timed
         return self
 
     @model_serializer(mode="wrap")
@@ -148,7 +151,8 @@ class ModelConfig(BaseModel):
         data = handler(self)
         if self.conditioning is None and isinstance(data, dict):
             data.pop("conditioning", None)
-            data.pop("time_scaling", None)
+            if self.time_scaling is None:
+                data.pop("time_scaling", None)
         return data
 
     def differences(self, other: ModelConfig) -> list[str]:
