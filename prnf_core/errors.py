@@ -32,6 +32,11 @@ class NonFiniteStateError(PrnfError, FloatingPointError):
                 (self.problem, self.step, self.t, self.n_bad, self.n_total, self.chunk))
 
 
+class CompileError(ConfigError):
+    """``torch.compile`` could not compile a problem's simulation step (``compile=True`` with
+    ``compile_fallback=False``, as datasets run it); the message starts with ``compile:``."""
+
+
 class DatasetMismatchError(ConfigError):
     """An existing store was created with another configuration."""
 

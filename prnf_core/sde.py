@@ -30,6 +30,17 @@ varying parameter returns an ``(n, d)`` per-particle diagonal (above); the simul
 ``(n, d)`` result as such, and only when ``n == d == m`` asks the fixed-parameter σ's shape to
 tell it from a ``(d, m)`` matrix.
 
+Compiled simulation. ``simulate(sde, x0, compile=True)`` (or ``SDE(..., compile=True)``, the
+problem's default) fuses one whole Euler–Maruyama step (coefficients, update, boundary rules)
+into one kernel with ``torch.compile`` (inductor: C++ on CPU, Triton on CUDA). The coefficients
+must then be traceable torch code: ``torch`` operations of ``x``, ``t`` and ``params``, no numpy
+or ``.item()``, no Python branching on tensor values; ``t`` is handed to them as a 0-d tensor
+(write ``torch.sin(t)``, not ``math.sin(t)``). Results agree with the uncompiled path up to
+floating-point rounding (the kernel rounds differently), not bit for bit. A problem may give a
+form written for the fused kernel, ``compiled_drift_and_diffusion`` (e.g. shared reciprocals
+instead of repeated divisions); the compiled step then traces it instead of the fused or separate
+coefficients. See :func:`prnf_core.simulate.simulate`.
+
 Example:
     >>> import torch
     >>> from prnf_core import SDE, Boundary
@@ -112,6 +123,30 @@ class Boundary:
         else:
             x.sub_(hi).abs_().neg_().add_(hi)
 
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """The rule as a new tensor: the form the compiled step traces (:meth:`apply_` in place).
+
+        The same map as :meth:`apply_` up to rounding: the wrap uses ``floor`` (cheap in a fused
+        kernel) where :meth:`apply_` uses ``remainder``, and results are clamped into the
+        interval, so a rounding error never leaves a particle outside it.
+        """
+        lo, hi = self.low, self.high
+        if self.kind == "clamp":
+            return x.clamp(min=lo, max=hi)
+        if self.kind == "periodic":
+            length = hi - lo
+            y = x - lo
+            y = y - torch.floor(y * (1.0 / length)) * length + lo
+            return torch.where(y >= hi, lo, y).clamp(min=lo)
+        if lo is not None and hi is not None:
+            length = hi - lo
+            y = x - lo
+            y = y - torch.floor(y * (0.5 / length)) * (2.0 * length)
+            return (length - (y - length).abs() + lo).clamp(min=lo, max=hi)
+        if lo is not None:
+            return (x - lo).abs() + lo
+        return hi - (x - hi).abs()
+
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "low": self.low, "high": self.high}
 
@@ -149,6 +184,15 @@ class SDE:
             ``(x0 (n, d), t, params) -> (mean (n, d), cov (d, d))``.
         drift_and_diffusion: Optional fused ``(x, t, params) -> (b, σ)`` for coefficients that
             share work; the simulator prefers it when given.
+        compile: Whether :func:`~prnf_core.simulate.simulate` compiles the step by default
+            (``simulate(..., compile=None)``); ``False`` by default and for every built-in
+            problem, so results stay those of the uncompiled path unless asked (module doc).
+            Declare ``True`` for a problem whose coefficients are traceable torch code.
+        compiled_drift_and_diffusion: Optional ``(x, t, params) -> (b, σ)`` that the compiled
+            step traces instead of the other coefficient functions: the same coefficients
+            (equal up to rounding; tests should check it), written for one fused kernel. It may
+            return b, and for diagonal noise σ, as tuples of the d coordinate rows ``(n,)``
+            instead of ``(n, d)`` tensors, which spares the kernel materializing them.
         description: One line for ``prnf problems``.
         x0_period: Periods :math:`P_i` (``None`` where there is none) such that the law of
             :math:`X_T - x_0` given :math:`x_0` is invariant under :math:`x_{0,i} \to x_{0,i} +
@@ -190,6 +234,9 @@ class SDE:
     varying: tuple[str, ...] = ()
     regions: Mapping[str, Mapping[str, tuple[float | None, float | None]]] = field(
         default_factory=dict)
+    compile: bool = False
+    compiled_drift_and_diffusion: Callable[[torch.Tensor, Any, Mapping[str, Any]],
+                                           tuple[Any, Any]] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim < 1:
@@ -246,6 +293,12 @@ class SDE:
                 raise ValueError(f"SDE.regions[{region!r}]: {unknown} are not coordinates "
                                  f"{tuple(names)}")
         object.__setattr__(self, "regions", {k: dict(v) for k, v in self.regions.items()})
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"SDE.compile must be True or False, got {self.compile!r}")
+        for name in ("drift", "diffusion", "drift_and_diffusion", "compiled_drift_and_diffusion"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise ValueError(f"SDE.{name} must be a function (x, t, params), got {value!r}")
 
     # -- properties declared for solvers and for later layers -------------------------------
     @property
@@ -272,6 +325,16 @@ class SDE:
         if self.drift_and_diffusion is not None:
             return self.drift_and_diffusion(x, t, p)
         return self.drift(x, t, p), self.diffusion(x, t, p)
+
+    def compiled_coefficients(self, x: torch.Tensor, t: Any,
+                              params: Mapping[str, Any] | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drift and diffusion as the compiled step traces them (``t`` a 0-d tensor there):
+        ``compiled_drift_and_diffusion`` when given, else :meth:`coefficients`."""
+        p = self.params if params is None else params
+        if self.compiled_drift_and_diffusion is not None:
+            return self.compiled_drift_and_diffusion(x, t, p)
+        return self.coefficients(x, t, p)
 
     def apply_boundaries_(self, x: torch.Tensor) -> None:
         """Apply every coordinate's boundary rule in place to ``x`` of shape ``(n, d)``."""

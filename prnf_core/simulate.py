@@ -15,6 +15,19 @@ Each generator has a name (:func:`noise_generator`): with the seed it fixes the 
 datasets record it and their id covers it.
 Memory is a few ``(d, n)`` buffers: bounded by the number of particles simulated at once.
 
+Compiled step (``compile=True``, or an SDE declaring ``compile=True``): one Euler–Maruyama step
+(coefficients, update and boundary rules, and the sum the non-finite check reads) is traced once
+by ``torch.compile`` and runs as one fused kernel (inductor: generated C++ on CPU, Triton on
+CUDA) instead of one pass over memory per torch operation; the normals come from the same stream.
+For coefficients with transcendental functions (runaway2d) that is 2-3x the throughput, measured
+in ``benchmarks/bench_simulate.py``. The kernel rounds differently from the uncompiled path, so
+results agree with it to floating-point rounding, not bit for bit; the default stays uncompiled,
+and a dataset records whether it was compiled (:class:`prnf_core.dataset_config.DatasetConfig`).
+Compiling takes seconds (once per process, configuration and particle count; inductor also
+caches kernels on disk, which makes a later process faster), so it pays for long runs: the
+break-even points are in ``benchmarks/README.md``. If compilation fails (no C++ compiler, an
+untraceable coefficient), ``simulate`` warns and runs uncompiled.
+
 Per-particle parameters: ``param_values={"mu": array (n,)}`` for parameters the SDE declares in
 ``SDE.varying`` hands the coefficients ``(n, 1)`` tensors instead of scalars (see
 :mod:`prnf_core.sde`); the noise stream is the same, so particles whose parameters equal the
@@ -30,16 +43,22 @@ problems). Without ``param_values`` nothing changes.
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import numbers
-from collections.abc import Mapping
+import time
+import types
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from prnf_core.errors import ConfigError, NonFiniteStateError
+from prnf_core.errors import CompileError, ConfigError, NonFiniteStateError, PrnfError
 from prnf_core.sde import SDE
 
 DType = Literal["float64", "float32"]
@@ -50,11 +69,16 @@ NOISE_GENERATORS: tuple[str, ...] = ("numpy-sfc64", "torch-cpu", "torch-cuda")
 
 @dataclass(frozen=True)
 class SimulationResult:
-    """Final states ``xT (n, d)`` and, if asked, ``snapshots (len(save_times), n, d)``."""
+    """Final states ``xT (n, d)`` and, if asked, ``snapshots (len(save_times), n, d)``.
+
+    ``compile_seconds``: with a compiled step, the seconds spent compiling it (about 0 when this
+    process had already compiled it); ``None`` when the simulation ran uncompiled.
+    """
 
     xT: np.ndarray
     snapshots: np.ndarray | None = None
     save_times: np.ndarray | None = None
+    compile_seconds: float | None = None
 
 
 def default_device() -> torch.device:
@@ -173,6 +197,8 @@ def simulate(
     device: str | torch.device | None = None,
     check_every: int | None = None,
     param_values: Mapping[str, np.ndarray] | None = None,
+    compile: bool | None = None,
+    compile_fallback: bool = True,
 ) -> SimulationResult:
     """Simulate one Euler–Maruyama trajectory per row of ``x0`` and return the end states.
 
@@ -192,10 +218,18 @@ def simulate(
             ``sde.varying``; the coefficients get them as ``(n, 1)`` tensors on the simulation
             device in ``dtype``, the other parameters as in ``sde.params``. ``None`` (default):
             every particle uses ``sde.params``.
+        compile: ``True``: run each step as one kernel compiled by ``torch.compile`` (module
+            doc; same noise, other rounding); ``False``: uncompiled, bit for bit the results of
+            earlier versions; ``None`` (default): ``sde.compile`` (``False`` for the built-in
+            problems).
+        compile_fallback: If compilation fails: ``True`` (default) warns (``RuntimeWarning``)
+            and runs uncompiled; ``False`` raises :class:`CompileError` (datasets do, where
+            the other rounding of a fallback would go unrecorded).
 
     Raises:
-        ConfigError: bad shapes, steps, dtype or ``param_values`` (a ``ValueError``), each
-            naming the field.
+        ConfigError: bad shapes, steps, dtype, ``param_values`` or ``compile`` (a
+            ``ValueError``), each naming the field; :class:`CompileError` (a ``ConfigError``),
+            see ``compile_fallback``.
         NonFiniteStateError: a NaN/inf state, naming the step and the number of bad particles.
     """
     t_end = sde.t_end if t_end is None else t_end
@@ -204,6 +238,7 @@ def simulate(
     snap_steps = save_steps(save_times, t_end, dt)
     if dtype not in DTYPES:
         raise ConfigError(f"dtype: must be one of {list(DTYPES)}, got {dtype!r}")
+    use_compile = _compile_option(sde, compile)
     x0 = np.asarray(x0)
     if x0.ndim != 2 or x0.shape[1] != sde.dim:
         raise ConfigError(f"x0: must have shape (n, {sde.dim}) for {sde.name!r}, got {x0.shape}")
@@ -230,7 +265,21 @@ def simulate(
     if 0 in snap_steps:
         snapshots.append(xs.cpu().numpy().copy())
 
-    for k in range(n_steps):
+    compile_seconds = None
+    if use_compile:
+        try:
+            state, compile_seconds = _run_compiled(sde, state, params, noise, noise_buf, n_steps,
+                                                   dt, check_every, snap_steps, snapshots)
+        except _CompileFailure as exc:
+            message = f"compile: torch.compile failed for problem {sde.name!r} ({exc})"
+            if not compile_fallback:
+                raise CompileError(message) from exc
+            warnings.warn(f"{message}; simulating uncompiled", RuntimeWarning, stacklevel=2)
+            # From the start, with the same noise: exactly the uncompiled results.
+            return simulate(sde, x0, t_end, dt, seed, save_times, dtype, device, check_every,
+                            param_values, compile=False)
+        xs = state.T
+    for k in range(n_steps if compile_seconds is None else 0):
         t = k * dt
         b, s = sde.coefficients(xs, t, params)
         if k == 0:
@@ -260,7 +309,189 @@ def simulate(
         xT=np.ascontiguousarray(xs.cpu().numpy(), dtype=out_dtype),
         snapshots=np.stack(snapshots).astype(out_dtype) if snapshots else None,
         save_times=np.asarray(save_times, dtype=float) if snap_steps else None,
+        compile_seconds=compile_seconds,
     )
+
+
+# -- the compiled step ---------------------------------------------------------------------------
+def _compile_option(sde: SDE, value: object) -> bool:
+    """``simulate``'s ``compile`` argument resolved against ``sde.compile`` (``None``)."""
+    if value is None:
+        return bool(sde.compile)
+    if not isinstance(value, bool):
+        raise ConfigError(f"compile: must be True, False or None (the problem's default "
+                          f"SDE.compile), got {value!r}")
+    return value
+
+
+_COMPILED_STEPS: OrderedDict[tuple, _CompiledStep] = OrderedDict()
+_COMPILED_MAX = 16  # compiled steps kept per process (least recently used dropped)
+_step_names = itertools.count()
+
+
+def _update_kind(sde: SDE, s: torch.Tensor, per_particle_noise: bool) -> str:
+    """How σ enters the update, as the uncompiled loop decides it: ``diagonal``, ``vector`` (a
+    (d,) or per-particle (n, d) additive σ), ``matrix`` (an additive (d, m)) or ``general``."""
+    if sde.noise == "diagonal":
+        return "diagonal"
+    if sde.noise == "additive":
+        return "vector" if s.ndim == 1 or per_particle_noise else "matrix"
+    return "general"
+
+
+def _step_function(sde: SDE, dt: float, kind: str) -> Callable:
+    """One Euler–Maruyama step as a pure function for ``torch.compile``.
+
+    ``(state (d, n), noise (m, n), t 0-d tensor, params) -> (new state (d, n), its sum)``; the
+    sum is what the non-finite check reads. It closes over the coefficient functions, the
+    boundary rules and constants only (not over ``sde``), and gets a code object of its own: a
+    torch.compile cache per configuration, never another's recompilations.
+    """
+    fused = sde.compiled_drift_and_diffusion or sde.drift_and_diffusion
+    drift, diffusion = sde.drift, sde.diffusion
+    rules = sde.boundaries or (None,) * sde.dim
+    sqrt_dt = math.sqrt(dt)
+
+    def step(state: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+             params: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = state.T
+        if fused is not None:
+            b, s = fused(x, t, params)
+        else:
+            b, s = drift(x, t, params), diffusion(x, t, params)
+        # Row by row (coordinate i of every particle): b and, for diagonal noise, σ may come
+        # as rows already, which spares the kernel an (n, d) buffer.
+        if kind == "diagonal":
+            noise_rows = [_row(s, i) * noise[i] for i in range(len(rules))]
+        else:
+            dw = noise.T
+            # Σ dW as a broadcast sum, which fuses into the kernel where a matmul would not
+            term = dw * s if kind == "vector" else (s * dw.unsqueeze(1)).sum(-1)
+            noise_rows = [term[:, i] for i in range(len(rules))]
+        rows = []
+        for i, rule in enumerate(rules):
+            row = state[i] + _row(b, i) * dt + noise_rows[i] * sqrt_dt
+            rows.append(row if rule is None else rule.apply(row))
+        out = torch.stack(rows)
+        return out, out.sum()
+
+    code = step.__code__.replace(co_name=f"prnf_step_{next(_step_names)}")
+    return types.FunctionType(code, step.__globals__, code.co_name, None, step.__closure__)
+
+
+def _row(value: torch.Tensor | tuple[torch.Tensor, ...], i: int) -> torch.Tensor:
+    """Coordinate ``i`` of an ``(n, d)`` coefficient or of a tuple of its d rows."""
+    return value[i] if isinstance(value, tuple | list) else value[:, i]
+
+
+def _stack_rows(value: Any) -> Any:
+    """A coefficient given as a tuple of rows as the ``(n, d)`` tensor (for the shape checks)."""
+    return torch.stack(tuple(value), 1) if isinstance(value, tuple | list) else value
+
+
+def _step_key(sde: SDE, dt: float, kind: str, state: torch.Tensor,
+              params: Mapping[str, Any]) -> tuple:
+    """What a compiled step depends on besides the tensors' values: functions, rules, constants,
+    the scalar parameters and the shapes (compiled for one particle count, ``dynamic=False``)."""
+    scalars = {k: v for k, v in params.items() if not isinstance(v, torch.Tensor)}
+    tensors = tuple(sorted((k, tuple(v.shape)) for k, v in params.items()
+                           if isinstance(v, torch.Tensor)))
+    return (sde.compiled_drift_and_diffusion, sde.drift_and_diffusion, sde.drift,
+            sde.diffusion, sde.boundaries, sde.dim, sde.noise, sde.noise_dim, float(dt), kind,
+            tuple(state.shape), state.dtype, str(state.device),
+            json.dumps(scalars, sort_keys=True, default=repr), tensors)
+
+
+class _CompiledStep:
+    """A step compiled by inductor through a backend that counts compilations.
+
+    A step compiles once per configuration; a second compilation means the traced graph
+    depends on something that changes between steps (typically ``float(t)``), which would
+    recompile every step: the caller then falls back.
+    """
+
+    def __init__(self, fn: Callable) -> None:
+        self.compilations = 0
+        self._inductor = torch._dynamo.lookup_backend("inductor")
+        self.fn = torch.compile(fn, backend=self._backend, dynamic=False, fullgraph=True)
+
+    def _backend(self, graph: Any, example_inputs: Any) -> Any:
+        self.compilations += 1
+        return self._inductor(graph, example_inputs)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+class _CompileFailure(Exception):
+    """The compiled step could not be used; the reason is the message."""
+
+
+def _compiled_step(key: tuple, sde: SDE, dt: float, kind: str) -> _CompiledStep:
+    step = _COMPILED_STEPS.get(key)
+    if step is None:
+        step = _CompiledStep(_step_function(sde, dt, kind))
+        _COMPILED_STEPS[key] = step
+        while len(_COMPILED_STEPS) > _COMPILED_MAX:
+            _COMPILED_STEPS.popitem(last=False)
+    _COMPILED_STEPS.move_to_end(key)
+    return step
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _run_compiled(sde: SDE, state: torch.Tensor, params: Mapping[str, Any] | None,
+                  noise: NoiseSource, noise_buf: torch.Tensor, n_steps: int, dt: float,
+                  check_every: int, snap_steps: list[int], snapshots: list[np.ndarray]
+                  ) -> tuple[torch.Tensor, float]:
+    """All steps through the compiled step: the final state and the compile seconds.
+
+    Raises:
+        _CompileFailure: the step does not compile or recompiles; the caller reruns the whole
+            simulation uncompiled (or raises :class:`CompileError`).
+    """
+    n, per_particle = state.shape[1], params is not None
+    params = sde.params if params is None else params
+    t = torch.zeros((), dtype=torch.float64, device=state.device)
+    b, s = (_stack_rows(v) for v in sde.compiled_coefficients(state.T, t, params))
+    per_particle_noise = _validate_coefficients(sde, b, s, n, per_particle, state.T)
+    kind = _update_kind(sde, s, per_particle_noise)
+    key = _step_key(sde, dt, kind, state, params)
+    started = time.perf_counter()
+    step = _compiled_step(key, sde, dt, kind)
+    try:
+        # Compile (or find it compiled) before any normal is drawn, and call it at two times:
+        # a graph that depends on the value of t recompiles here rather than at every step.
+        compilations = step.compilations
+        for time_ in (0.0, dt):
+            t.fill_(time_)
+            step(state, noise_buf.zero_(), t, params)
+        if step.compilations > max(compilations, 1):
+            raise _CompileFailure("the compiled step recompiles when t changes: the "
+                                  "coefficients use t as a Python number (e.g. math.sin(t)); "
+                                  "write torch operations of t")
+        compile_seconds = time.perf_counter() - started
+        compilations = step.compilations
+        for k in range(n_steps):
+            noise.fill_(noise_buf)
+            t.fill_(k * dt)
+            state, total = step(state, noise_buf, t, params)
+            if step.compilations != compilations:
+                raise _CompileFailure(f"the compiled step recompiled at step {k}")
+            if (k + 1) % check_every == 0 or k + 1 == n_steps:
+                _check_finite(sde, state, k + 1, (k + 1) * dt, total)
+            if k + 1 in snap_steps:
+                snapshots.append(state.T.cpu().numpy().copy())
+    except PrnfError:
+        raise
+    except Exception as exc:  # no compiler, untraceable coefficients, recompilations, ...
+        _COMPILED_STEPS.pop(key, None)
+        raise _CompileFailure(_reason(exc) if not isinstance(exc, _CompileFailure)
+                              else str(exc)) from exc
+    return state, compile_seconds
 
 
 def _particle_params(sde: SDE, values: Mapping[str, Any] | None, n: int, dtype: torch.dtype,
@@ -330,9 +561,11 @@ def _validate_coefficients(sde: SDE, b: torch.Tensor, s: torch.Tensor, n: int,
     return False
 
 
-def _check_finite(sde: SDE, state: torch.Tensor, step: int, t: float) -> None:
-    # One reduction per step; the exact count is computed only on failure.
-    if math.isfinite(float(state.sum())):
+def _check_finite(sde: SDE, state: torch.Tensor, step: int, t: float,
+                  total: torch.Tensor | None = None) -> None:
+    # One reduction per step (``total``: computed by the compiled step); the exact count is
+    # computed only on failure.
+    if math.isfinite(float(state.sum() if total is None else total)):
         return
     bad = int((~torch.isfinite(state)).any(dim=0).sum())
     if bad == 0:  # the sum overflowed although every value is finite

@@ -14,7 +14,12 @@ from scipy.integrate import quad_vec
 
 from prnf_core import SDE, ConfigError, get_problem, list_problems, register_problem, simulate
 from prnf_core.problems import problem_parameters
-from prnf_core.problems.runaway2d import _coefficients, derived_constants
+from prnf_core.problems.runaway2d import (
+    _FLOOR,
+    _coefficients,
+    _coefficients_fused,
+    derived_constants,
+)
 
 BUILTIN = ("abc3d", "bm1d", "ou", "runaway2d")
 
@@ -169,6 +174,73 @@ def test_runaway_separate_and_fused_coefficients_agree(runaway_grid):
     assert torch.equal(b, sde.drift(x, 0.0, sde.params))
     assert torch.equal(s, sde.diffusion(x, 0.0, sde.params))
     assert b.shape == s.shape == (x.shape[0], 2)
+
+
+def plain_runaway(x: torch.Tensor, t: float, p: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """runaway2d's coefficients as they were written before the in-place version, one
+    expression per line: the bytes of stored datasets are those of these operations."""
+    k = derived_constants(p)
+    vT, nu, tau = k["vT"], k["nu"], p["tau"]
+    col = lambda v: v[:, 0] if isinstance(v, torch.Tensor) else v  # noqa: E731
+    e_field, z = col(k["E"]), col(p["Z"])
+    mom, xi = x.unbind(1)
+    gamma = torch.sqrt(1 + (k["delta_tilde"] * mom) ** 2)
+    u = mom / (vT * gamma)
+    phi = torch.erf(u)
+    dphi = (2 / math.sqrt(math.pi)) * torch.exp((-u * u).clamp_min(-87.0))
+    psi = (phi - u * dphi) / (2 * u * u)
+    c_a = (nu * vT**2 * psi / u).clamp_min(_FLOOR)
+    c_b = (0.5 * nu * vT**2 * (z + phi - psi + k["delta"] ** 4 * u * u / 2) / u).clamp_min(_FLOOR)
+    c_f = 2 * nu * vT * psi
+    dpsi = dphi - 2 * psi / u
+    dca_dp = nu * vT**2 * (dpsi * u - psi) / (u * u) / (vT * gamma**3)
+    one_m_xi2 = (1 - xi * xi).clamp_min(0)
+    b_p = e_field * xi - gamma * mom * one_m_xi2 / tau - c_f + 2 * c_a / mom + dca_dp
+    b_xi = e_field * one_m_xi2 / mom + xi * one_m_xi2 / (tau * gamma) - 2 * xi * c_b / mom**2
+    s_p = torch.sqrt(2 * c_a)
+    s_xi = torch.sqrt(2 * c_b) * torch.sqrt(one_m_xi2) / mom
+    return torch.stack((b_p, b_xi)).T, torch.stack((s_p, s_xi)).T
+
+
+def runaway_states(dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
+    """States in and beyond the training box (floors active at large p), and per-particle
+    E0/Z in the (n, 1) form the simulator hands out."""
+    rng = np.random.default_rng(0)
+    n = 4001
+    p = np.concatenate([rng.uniform(0.5, 5.0, n - 1000), np.linspace(0.01, 80.0, 1000)])
+    xi = rng.uniform(-1.0, 1.0, n)
+    xi[:3] = [-1.0, 1.0, 0.0]
+    state = torch.from_numpy(np.stack([p, xi])).to(dtype)  # the simulator's (d, n) layout
+    varying = {"E0": torch.from_numpy(rng.uniform(1e-4, 2e-3, (n, 1))).to(dtype),
+               "Z": torch.from_numpy(rng.uniform(1.0, 4.0, (n, 1))).to(dtype)}
+    return state, varying
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_runaway_in_place_coefficients_are_bit_identical_to_the_plain_formulas(dtype):
+    sde = get_problem("runaway2d")
+    state, varying = runaway_states(dtype)
+    for params in (sde.params, {**sde.params, **varying}):
+        for got, want in zip(_coefficients(state.T, 0.0, params),
+                             plain_runaway(state.T, 0.0, params), strict=True):
+            assert got.shape == want.shape and got.stride() == want.stride()
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_runaway_fused_coefficients_equal_the_plain_ones_to_rounding(dtype):
+    sde = get_problem("runaway2d")
+    assert sde.compiled_drift_and_diffusion is _coefficients_fused
+    state, varying = runaway_states(dtype)
+    t = torch.zeros((), dtype=torch.float64)
+    # relative to the values, and absolute to their scale (b_p sums terms of both signs)
+    rtol, atol = (1e-11, 1e-14) if dtype == torch.float64 else (1e-5, 1e-6)
+    for params in (sde.params, {**sde.params, **varying}):
+        (b_p, b_xi), (s_p, s_xi) = _coefficients_fused(state.T, t, params)
+        b, s = _coefficients(state.T, 0.0, params)
+        for got, want in ((b_p, b[:, 0]), (b_xi, b[:, 1]), (s_p, s[:, 0]), (s_xi, s[:, 1])):
+            torch.testing.assert_close(got, want, rtol=rtol,
+                                       atol=atol * float(want.abs().max()))
 
 
 def test_runaway_diffusion_non_negative(runaway_grid):
