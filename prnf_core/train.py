@@ -62,6 +62,7 @@ from prnf_core.checkpoints import (
 )
 from prnf_core.dataset import Dataset, open_dataset
 from prnf_core.errors import ConfigError, PrnfError
+from prnf_core.models import atoms
 from prnf_core.models.base import ConditionalSampler, to_tensor
 from prnf_core.train_config import TRAIN_PRESETS, TrainConfig
 from prnf_core.trust import TrainingDomain
@@ -243,6 +244,10 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
          init: str | None) -> FitResult:
     if isinstance(data, str | Path):
         data = open_dataset(data)
+    if isinstance(data, Dataset) and model.config.clamp_bounds == "problem":
+        # the atoms the store's problem puts on X_T (a model built without its problem)
+        model.config = model.config.model_copy(
+            update={"clamp_bounds": atoms.of_problem(data.config.sde())})
     arrays = _training_arrays(model, data)
     x0_np, c_np, y_np = arrays if len(arrays) == 3 else (arrays[0], None, arrays[1])
     model.training_domain = _training_domain(data, x0_np, config.seed)
@@ -273,6 +278,11 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
     x_va, y_va = (x0[val_idx], y[val_idx]) if len(val_idx) else (x_tr, y_tr)
     c_tr = None if cond is None else cond[train_idx]
     c_va = None if cond is None else (cond[val_idx] if len(val_idx) else c_tr)
+    bounds = model.atom_bounds
+    if bounds is not None:  # the rows on a clamp bound, spread beyond it (models/atoms.py)
+        atom_width = atoms.WIDTH * y_tr.std(dim=0)
+        y_va = atoms.dequantize(y_va, bounds, atom_width,
+                                torch.Generator().manual_seed(config.seed + 1))
 
     torch.manual_seed(config.seed)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -340,8 +350,11 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
                 if result.steps >= total_steps:
                     break
                 idx = perm[b * batch:(b + 1) * batch]
-                yn, ctx = model.normalize(x_tr[idx], y_tr[idx],
-                                          None if c_tr is None else c_tr[idx])
+                y_b = y_tr[idx]
+                if bounds is not None:  # fresh spread at every step, reproducible on resume
+                    y_b = atoms.dequantize(y_b, bounds, atom_width, torch.Generator().manual_seed(
+                        config.seed * 1_000_003 + result.steps))
+                yn, ctx = model.normalize(x_tr[idx], y_b, None if c_tr is None else c_tr[idx])
                 loss, parts = training_loss(yn, ctx, config.lam)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(

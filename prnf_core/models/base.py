@@ -38,7 +38,7 @@ from torch import nn
 
 from prnf_core.errors import ConfigError
 from prnf_core.initial import parse_initial
-from prnf_core.models import time_scaling
+from prnf_core.models import atoms, time_scaling
 from prnf_core.models.conditioning import Conditioning
 from prnf_core.paths import atomic_path
 from prnf_core.simulate import default_device
@@ -115,6 +115,13 @@ class ModelConfig(BaseModel):
                     "(default): the problem's declaration (SDE.x0_period), if any, resolved when "
                     "the model is trained for a problem; null: none.",
     )
+    clamp_bounds: list[tuple[float | None, float | None] | None] | Literal["problem"] | None = (
+        Field("problem", description=(
+            "Where the problem clamps X (a 'clamp' boundary puts an atom of probability on the "
+            "bound, e.g. runaway2d's p_min): one [low, high] (either may be null) or null per "
+            "coordinate. Training spreads the rows on a bound beyond it (dequantization: the "
+            "likelihood of an atom is unbounded) and samples are clamped back, reproducing the "
+            "atom. 'problem' (default): the problem's clamp boundaries; null: none.")))
     preset: Literal["paper"] | None = Field(
         None, description="'paper': width 512, 2 hidden layers, tanh, for those of these fields "
                           "not given explicitly (an explicit --width 64 stays 64), in the CLI, "
@@ -149,6 +156,9 @@ class ModelConfig(BaseModel):
         # An unconditioned model serializes as before the field existed: its config.json,
         # training fingerprint and settings hashes are unchanged.
         data = handler(self)
+        if isinstance(data, dict) and data.get("clamp_bounds", "problem") in ("problem", None):
+            # as before the field existed, for every problem without a clamp boundary
+            data.pop("clamp_bounds", None)
         if self.conditioning is None and isinstance(data, dict):
             data.pop("conditioning", None)
             if self.time_scaling is None:
@@ -174,6 +184,8 @@ class ModelConfig(BaseModel):
         update: dict[str, Any] = {"dim": sde.dim}
         if self.x0_period == "problem":
             update["x0_period"] = None if sde.x0_period is None else list(sde.x0_period)
+        if self.clamp_bounds == "problem":
+            update["clamp_bounds"] = atoms.of_problem(sde)
         return self.model_copy(update=update)
 
 
@@ -222,6 +234,9 @@ class ConditionalSampler(nn.Module):
         super().__init__()
         if config.x0_period == "problem":  # built without a problem: nothing is declared
             config = config.model_copy(update={"x0_period": None})
+        if config.clamp_bounds not in (None, "problem") and len(config.clamp_bounds) != config.dim:
+            raise ConfigError(f"model.clamp_bounds: needs {config.dim} entries ([low, high] or "
+                              f"null per coordinate), got {config.clamp_bounds}")
         if config.x0_period is not None and len(config.x0_period) != config.dim:
             raise ConfigError(f"model.x0_period: needs {config.dim} entries (a period or null "
                               f"per coordinate), got {config.x0_period}")
@@ -269,6 +284,12 @@ class ConditionalSampler(nn.Module):
         """Whether the model learns :math:`X_T - x_0` (a declared periodic symmetry, or time
         scaling)."""
         return self.config.x0_period is not None or bool(self.config.time_scaling)
+
+    @property
+    def atom_bounds(self) -> list[tuple[float | None, float | None] | None] | None:
+        """The clamp bounds whose atoms the model learns (:mod:`prnf_core.models.atoms`)."""
+        bounds = self.config.clamp_bounds
+        return None if bounds is None or bounds == "problem" else bounds
 
     @property
     def context_dim(self) -> int:
@@ -426,13 +447,15 @@ class ConditionalSampler(nn.Module):
                params: Mapping[str, Any] | None = None,
                allow_outside: bool = False) -> torch.Tensor:
         """One :math:`X_T` (conditioned: :math:`X_t` under ``params``) per row of ``x0``, shape
-        ``(n, d)`` (no gradient graph); ``t``/``params`` as in :meth:`log_prob`."""
+        ``(n, d)`` (no gradient graph); ``t``/``params`` as in :meth:`log_prob`. Clamped into
+        the problem's clamp bounds, where :math:`X_T` has atoms (:mod:`prnf_core.models.atoms`)."""
         x0_t, _, c_t = self._inputs(x0, None, cond, t=t, params=params,
                                     allow_outside=allow_outside)
         _, ctx = self.normalize(x0_t, None, c_t)
         mean, std = self._target_scale(c_t)
         out = self._sample_normalized(ctx, generator) * std + mean
-        return out + x0_t if self.displaces else out
+        out = out + x0_t if self.displaces else out
+        return out if self.atom_bounds is None else atoms.clamp(out, self.atom_bounds)
 
     def sample_initial(self, spec: Any, n: int, seed: int = 0,
                        cond: ArrayLike | None = None, *, t: Any = None,
