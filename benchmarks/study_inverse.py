@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from prnf_core.runner import run_dataset
 from prnf_core.train import TrainConfig, fit
 
 GOAL_ABS = 0.02
+DEFAULT_COMMAND = "python benchmarks/study_inverse.py --out docs/results"
 CASES = {
     "runaway2d": {"region": "runaway", "axes": ("p", "xi"), "fixed": {},
                   "points": (np.linspace(1.0, 4.0, 5), np.linspace(-0.8, 0.8, 5)),
@@ -154,7 +156,8 @@ def study(problem: str, args: argparse.Namespace, folder: Path, out: Path | None
 def write_page(out: Path, results: list[dict], args: argparse.Namespace) -> None:
     lines = ["# The inverse question: which initial states lead into a region (issue 15)", "",
              "Made by `python benchmarks/study_inverse.py --out docs/results` (the 2-core CPU "
-             f"machine, torch on {args.threads} threads; CPU seconds of the process).", "",
+             "machine, torch on one or two threads; CPU seconds of the process); each section "
+             "names the run it comes from (`--problems` reruns one and keeps the others).", "",
              "For each problem one surrogate is trained here (x0 uniform on the training box), "
              "then the map P(X_T ∈ R | x0) is computed from the surrogate alone "
              "(`prnf_core.inverse.hit_map`, the CLI `prnf inverse`) and checked against fresh "
@@ -164,6 +167,7 @@ def write_page(out: Path, results: list[dict], args: argparse.Namespace) -> None
     for r in results:
         near = sum(1 for row in r["rows"] if 0.02 < row["mc"] < 0.98)
         lines += [f"## {r['problem']}: R = {r['region']}", "",
+                  f"Run: `{r.get('command', DEFAULT_COMMAND)}`.", "",
                   f"- check against MC: worst |surrogate − MC| = **{r['worst']['error']:.3f}** "
                   f"at {r['axes'][0]} = {r['worst']['a']:.3g}, {r['axes'][1]} = "
                   f"{r['worst']['b']:.3g} (MC {r['worst']['mc']:.3f} ± {r['worst']['mc_se']:.3f})"
@@ -225,7 +229,19 @@ def main() -> None:
             print(json.dumps({k: v for k, v in r.items() if k != "rows"}, default=float,
                              indent=1), flush=True)
     if args.out is not None:
-        write_page(args.out, results, args)
+        command = "python benchmarks/study_inverse.py " + " ".join(sys.argv[1:])
+        for r in results:
+            r["command"] = command
+        write_page(args.out, kept_results(args.out, results), args)
+
+
+def kept_results(out: Path, results: list[dict]) -> list[dict]:
+    """``results`` with, for the problems not run this time, those of the page's earlier run
+    (``<out>/inverse/summary.json``, whose figures are still there), in the order of CASES."""
+    summary = out / "inverse" / "summary.json"
+    earlier = json.loads(summary.read_text()) if summary.is_file() else []
+    by_problem = {r["problem"]: r for r in earlier} | {r["problem"]: r for r in results}
+    return [by_problem[name] for name in CASES if name in by_problem]
 
 
 if __name__ == "__main__":
