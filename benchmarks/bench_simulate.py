@@ -1,28 +1,38 @@
 """Euler–Maruyama kernel throughput of ``prnf_core.simulate`` against its baselines, on one core.
 
-Run ``python benchmarks/bench_simulate.py [--quick] [--json out.json] [--wait-quiet SECONDS]``.
+Run ``python benchmarks/bench_simulate.py [--quick] [--json out.json] [--wait-quiet SECONDS]
+[--problems NAME ...] [--warm-cache] [--skip-accuracy]``.
 
-For ``abc3d`` and ``runaway2d`` it measures particle-steps per second (particles × steps / time)
-of ``simulate()`` in float64 and float32 with ``torch.set_num_threads(1)``, side by side in the
-same process and in interleaved rounds (the best round is reported). Time is measured twice: per
-CPU-second of the process (``time.process_time``; the verdicts use it: insensitive to other
-processes taking the core, equal to wall time on an idle machine) and on the wall clock. With, for
-the same particle count:
+For every built-in problem (default: abc3d, runaway2d, bm1d, ou, ou1d_rate) it measures
+particle-steps per second (particles × steps / time) of ``simulate()`` in float64 and float32 with
+``torch.set_num_threads(1)``, uncompiled (the default, bit for bit the stored datasets) and with
+``compile=True`` (the step as one ``torch.compile`` kernel), side by side in the same process and
+in interleaved rounds (the best round is reported). Time is measured twice: per CPU-second of the
+process (``time.process_time``; the verdicts use it: insensitive to other processes taking the
+core, equal to wall time on an idle machine) and on the wall clock. With, for the same particle
+count:
 
 * the random-normal ceiling: the fastest of numpy ``Generator(SFC64)``/``Generator(PCG64)``
   ``standard_normal(out=...)`` into a preallocated buffer and torch ``Tensor.normal_`` with a
   ``torch.Generator``, per dtype, converted to the particle-steps/s reachable if drawing the
   ``noise_dim`` normals of each particle-step were the only cost;
-* ``torchsde.sdeint(method="euler")`` with the same dt on an SDE class wrapping the same fused
-  coefficients (noise_type "diagonal", sde_type "ito"); torchsde has no boundary rules, so
-  runaway2d runs there *without* its boundaries (labelled);
-* a plain numpy float64 loop "as in the paper's research scripts": allocate-per-step expressions
+* for abc3d and runaway2d: ``torchsde.sdeint(method="euler")`` with the same dt on an SDE class
+  wrapping the same fused coefficients (noise_type "diagonal", sde_type "ito"); torchsde has no
+  boundary rules, so runaway2d runs there *without* its boundaries (labelled); and a plain numpy
+  float64 loop "as in the paper's research scripts": allocate-per-step expressions
   ``x = x + b(x)*dt + sigma*np.sqrt(dt)*rng.standard_normal(x.shape)`` (runaway2d with
   ``scipy.special.erf`` and its boundary rules written the same way).
 
-Then it checks float32 against float64 statistically: the same x0 (a test initial distribution of
-the paper), many particles, the full horizon; mean and std of X_T per coordinate and, for
-runaway2d, the runaway fraction P(p > 1.75); differences are compared with 3 standard errors.
+The one-off compile time of each compiled kernel is measured on its first call (a fresh, empty
+inductor cache directory unless ``--warm-cache``), with the break-even point: the particle-steps
+after which compiling has paid for itself.
+
+Then it checks float32 against float64 statistically, for abc3d and runaway2d: the same x0 (a
+test initial distribution of the paper), many particles, the full horizon; mean and std of X_T
+per coordinate and the problem's quantity of interest (runaway2d: the runaway fraction
+P(p > 1.75); abc3d: the box probability), for float32 uncompiled, float32 compiled and float64
+compiled against float64 uncompiled, each with its own noise stream; differences are compared
+with 3 standard errors.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ import json
 import math
 import os
 import platform
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +63,9 @@ GOAL_VS_NUMPY = 5.0
 GOAL_VS_CEILING = 0.5
 P_STAR = 1.75  # runaway threshold of the paper's quantity of interest
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+PROBLEMS = ("abc3d", "runaway2d", "bm1d", "ou", "ou1d_rate")
+BASELINES = ("abc3d", "runaway2d")  # the problems with torchsde and numpy-loop baselines
+MODES = {"uncompiled": False, "compiled": True}
 
 
 @dataclass(frozen=True)
@@ -242,37 +257,52 @@ NUMPY_LOOPS = {"abc3d": numpy_loop_abc3d, "runaway2d": numpy_loop_runaway2d}
 
 
 # -- throughput ---------------------------------------------------------------------------------
+def compile_first(sde: SDE, x0: np.ndarray, dtype: str) -> float:
+    """Compile the step for these particles (one step); the seconds it took (wall clock)."""
+    out = simulate(sde, x0, t_end=sde.dt, dt=sde.dt, seed=1, dtype=dtype, device="cpu",
+                   compile=True, compile_fallback=False)
+    return float(out.compile_seconds)
+
+
 def throughput(name: str, sizes: Sizes, quiet_wait: float = 0.0) -> dict[str, Any]:
-    """Best-of-rounds particle-steps/s of every variant for one problem."""
+    """Best-of-rounds particle-steps/s of every variant for one problem, and compile times."""
     sde = get_problem(name)
     n, m = sizes.n, sde.noise_dim
     x0 = training_x0(sde, n)
     fillers = {dt: normal_fillers((m, n), dt) for dt in DTYPES}
+    baselines = name in BASELINES
 
     variants: dict[str, tuple[Callable[[], Any], int]] = {}
     for dt in DTYPES:
-        variants[f"prnf {dt}"] = (
-            lambda dt=dt: simulate(sde, x0, t_end=sizes.steps * sde.dt, dt=sde.dt, seed=1,
-                                   dtype=dt, device="cpu"),
-            sizes.steps,
-        )
+        for mode, compiled in MODES.items():
+            variants[f"prnf {mode} {dt}"] = (
+                lambda dt=dt, compiled=compiled: simulate(
+                    sde, x0, t_end=sizes.steps * sde.dt, dt=sde.dt, seed=1, dtype=dt,
+                    device="cpu", compile=compiled, compile_fallback=False),
+                sizes.steps,
+            )
         for gen, fill in fillers[dt].items():
             variants[f"normals {dt} {gen}"] = (
                 lambda fill=fill: [fill() for _ in range(sizes.steps_slow)], sizes.steps_slow)
     torchsde_steps: dict[str, int] = {}
-    for dt in DTYPES:
-        def _sde(dt: str = dt) -> None:
-            torchsde_steps[dt] = run_torchsde(sde, x0, sizes.steps_slow, dt)
-        variants[f"torchsde {dt}"] = (_sde, sizes.steps_slow)
-    variants["numpy-loop float64"] = (
-        lambda: NUMPY_LOOPS[name](sde, x0, sizes.steps_slow), sizes.steps_slow)
+    if baselines:
+        for dt in DTYPES:
+            def _sde(dt: str = dt) -> None:
+                torchsde_steps[dt] = run_torchsde(sde, x0, sizes.steps_slow, dt)
+            variants[f"torchsde {dt}"] = (_sde, sizes.steps_slow)
+        variants["numpy-loop float64"] = (
+            lambda: NUMPY_LOOPS[name](sde, x0, sizes.steps_slow), sizes.steps_slow)
 
-    # Warm-up (lazy initializations, page faults of the first buffers), then interleaved rounds.
+    # Compile first (the one-off cost, measured here), then warm up (lazy initializations,
+    # page faults of the first buffers), then interleaved rounds.
+    compile_s = {dt: compile_first(sde, x0, dt) for dt in DTYPES}
     warm_x0 = x0[:1000]
     for dt in DTYPES:
         simulate(sde, warm_x0, t_end=2 * sde.dt, dt=sde.dt, dtype=dt, device="cpu")
-        run_torchsde(sde, warm_x0, 2, dt)
-    NUMPY_LOOPS[name](sde, warm_x0, 2)
+        if baselines:
+            run_torchsde(sde, warm_x0, 2, dt)
+    if baselines:
+        NUMPY_LOOPS[name](sde, warm_x0, 2)
     best: dict[str, dict[str, float]] = {"cpu": {}, "wall": {}}
     load = OtherLoad()
     for _ in range(sizes.rounds):
@@ -294,10 +324,14 @@ def throughput(name: str, sizes: Sizes, quiet_wait: float = 0.0) -> dict[str, An
             gens = {g: rates[f"normals {dt} {g}"] for g in fillers[dt]}  # particle-steps/s
             gen_best = max(gens, key=gens.__getitem__)
             out[clock].append({
-                "problem": name, "dtype": dt, "clock": clock, "prnf": rates[f"prnf {dt}"],
+                "problem": name, "dtype": dt, "clock": clock,
+                "prnf": rates[f"prnf uncompiled {dt}"],
+                "prnf_compiled": rates[f"prnf compiled {dt}"],
+                "compile_seconds": compile_s[dt],
                 "ceiling": gens[gen_best], "ceiling_generator": gen_best,
-                "ceiling_all": gens, "torchsde": rates[f"torchsde {dt}"],
-                "torchsde_steps": torchsde_steps[dt], "numpy_loop": rates["numpy-loop float64"],
+                "ceiling_all": gens,
+                "torchsde": rates.get(f"torchsde {dt}"), "torchsde_steps": torchsde_steps.get(dt),
+                "numpy_loop": rates.get("numpy-loop float64"),
                 "torchsde_boundaries": not sde.has_boundaries, "other_cores": load.cores,
             })
     return out
@@ -308,34 +342,45 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+def ratio(a: float | None, b: float | None, fmt: str = "5.1f") -> str:
+    """``a / b`` as ``1.2x``, or a dash without a baseline."""
+    return f"{a / b:{fmt}}x" if a is not None and b else f"{'-':>6}"
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
-    """The rates and ratios table with PASS/MISS against the project goals."""
-    head = (f"{'problem':<10} {'dtype':<8} {'prnf':>6} {'ceiling (fastest gen.)':>27} "
-            f"{'torchsde':>9} {'np-loop':>8} | {'prnf/torchsde':>15} {'prnf/np-loop':>14} "
-            f"{'prnf/ceiling':>14}")
+    """Rates and ratios, uncompiled and compiled side by side, PASS/MISS against the goals."""
+    head = (f"{'problem':<10} {'dtype':<8} {'uncomp.':>7} {'compiled':>8} "
+            f"{'ceiling (fastest gen.)':>24} {'comp/unc':>8} | {'unc/ceiling':>12} "
+            f"{'comp/ceiling':>13} | {'torchsde':>8} {'np-loop':>7} | {'best/torchsde':>13} "
+            f"{'best/np-loop':>12}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        r_sde = r["prnf"] / r["torchsde"]
-        r_np = r["prnf"] / r["numpy_loop"]
-        r_ceil = r["prnf"] / r["ceiling"]
+        best = max(r["prnf"], r["prnf_compiled"])
+        r_unc, r_comp = r["prnf"] / r["ceiling"], r["prnf_compiled"] / r["ceiling"]
         mark = "" if r["torchsde_boundaries"] else "*"
-        print(f"{r['problem']:<10} {r['dtype']:<8} {r['prnf'] / 1e6:6.2f} "
-              f"{r['ceiling'] / 1e6:7.2f} ({r['ceiling_generator']:<14}) "
-              f"{r['torchsde'] / 1e6:8.2f}{mark:1} {r['numpy_loop'] / 1e6:8.2f} | "
-              f"{r_sde:6.1f}x {verdict(r_sde >= GOAL_VS_TORCHSDE):<7} "
-              f"{r_np:5.1f}x {verdict(r_np >= GOAL_VS_NUMPY):<7} "
-              f"{r_ceil:5.0%} {verdict(r_ceil >= GOAL_VS_CEILING):<7}")
+        tsde = f"{r['torchsde'] / 1e6:7.2f}{mark:1}" if r["torchsde"] else f"{'-':>8}"
+        nloop = f"{r['numpy_loop'] / 1e6:7.2f}" if r["numpy_loop"] else f"{'-':>7}"
+        print(f"{r['problem']:<10} {r['dtype']:<8} {r['prnf'] / 1e6:7.2f} "
+              f"{r['prnf_compiled'] / 1e6:8.2f} {r['ceiling'] / 1e6:7.2f} "
+              f"({r['ceiling_generator']:<14}) {ratio(r['prnf_compiled'], r['prnf'], '6.2f')} | "
+              f"{r_unc:4.0%} {verdict(r_unc >= GOAL_VS_CEILING):<7} "
+              f"{r_comp:4.0%} {verdict(r_comp >= GOAL_VS_CEILING):<8} | {tsde} {nloop} | "
+              f"{ratio(best, r['torchsde'])} "
+              f"{verdict(bool(r['torchsde']) and best / r['torchsde'] >= GOAL_VS_TORCHSDE):<6}"
+              f"{ratio(best, r['numpy_loop'])} "
+              f"{verdict(bool(r['numpy_loop']) and best / r['numpy_loop'] >= GOAL_VS_NUMPY)}")
 
 
 def print_throughput(rows: list[dict[str, Any]], wall_rows: list[dict[str, Any]],
                      sizes: Sizes) -> None:
-    """Both tables (CPU time, then wall clock) and the notes."""
+    """Both tables (CPU time, then wall clock), compile times and the notes."""
     print(f"\nThroughput, one core, {sizes.n:,} particles; prnf {sizes.steps} steps, baselines and "
           f"normal fills {sizes.steps_slow} steps; best of {sizes.rounds} interleaved rounds.")
-    print("Rates in millions of particle-steps per second (Mps/s).")
-    print(f"Goals: prnf >= {GOAL_VS_TORCHSDE:.0f}x torchsde, >= {GOAL_VS_NUMPY:.0f}x numpy loop, "
-          f">= {GOAL_VS_CEILING:.0%} of the normal-generation ceiling.")
+    print("Rates in millions of particle-steps per second (Mps/s); 'best' = the faster of "
+          "uncompiled and compiled.")
+    print(f"Goals: prnf >= {GOAL_VS_CEILING:.0%} of the normal-generation ceiling, "
+          f">= {GOAL_VS_TORCHSDE:.0f}x torchsde, >= {GOAL_VS_NUMPY:.0f}x numpy loop.")
     print("\nA. Per CPU-second of this process (time.process_time: insensitive to other processes "
           "taking the core; equals wall time on an idle machine):\n")
     print_table(rows)
@@ -349,17 +394,21 @@ def print_throughput(rows: list[dict[str, Any]], wall_rows: list[dict[str, Any]]
     print("\n* torchsde has no boundary rules: runaway2d runs there WITHOUT its boundaries "
           "(p clamp at p_min, xi reflection at +-1), so it does less work than prnf.")
     print("np-loop is float64 for both rows (the research scripts' precision).")
-    print("Upper bound of the ratios if prnf ran at 100% of the ceiling (coefficients free):")
+    print("\nCompile time (one-off, wall clock, first call with these particles) and break-even "
+          "(particle-steps after which compiling has paid for itself, table A rates):")
     for r in rows:
-        print(f"  {r['problem']:<10} {r['dtype']:<8} ceiling/torchsde "
-              f"{r['ceiling'] / r['torchsde']:5.1f}x   ceiling/np-loop "
-              f"{r['ceiling'] / r['numpy_loop']:5.1f}x")
+        saved = 1 / r["prnf"] - 1 / r["prnf_compiled"]  # seconds per particle-step
+        even = (f"{r['compile_seconds'] / saved:9.2e} particle-steps "
+                f"(= {r['compile_seconds'] / saved / sizes.n:7.0f} steps of {sizes.n:,})"
+                if saved > 0 else "never (compiled is not faster)")
+        print(f"  {r['problem']:<10} {r['dtype']:<8} {r['compile_seconds']:6.1f} s   "
+              f"break-even {even}")
     print("Ceiling candidates (Mps/s = normals/s / noise_dim):")
     for r in rows:
         cands = ", ".join(f"{g} {v / 1e6:.1f}" for g, v in r["ceiling_all"].items())
         print(f"  {r['problem']:<10} {r['dtype']:<8} {cands}")
     for r in rows:
-        if r["torchsde_steps"] != sizes.steps_slow:
+        if r["torchsde_steps"] not in (None, sizes.steps_slow):
             print(f"  note: torchsde took {r['torchsde_steps']} steps for {r['problem']} "
                   f"{r['dtype']} (asked {sizes.steps_slow}); its rate uses the steps taken")
 
@@ -376,16 +425,22 @@ def breakdown(rows: list[dict[str, Any]], sizes: Sizes) -> None:
     from prnf_core.problems.runaway2d import derived_constants
 
     print("\nWhere prnf's step time goes (same particles, one step; isolated best-of-10 CPU times, "
-          "they need not add up exactly):")
+          "they need not add up exactly). Uncompiled: the coefficient evaluation; compiled: "
+          "the whole step is one kernel (step minus normals):")
     for r in rows:
         sde = get_problem(r["problem"])
         state = torch.from_numpy(training_x0(sde, sizes.n).T.copy()).to(DTYPES[r["dtype"]])
         step = sizes.n / r["prnf"]
         coef = best_time(lambda sde=sde, state=state: sde.coefficients(state.T, 0.0))
         normals = sizes.n / r["ceiling"]
-        print(f"  {r['problem']:<10} {r['dtype']:<8} step {step * 1e3:6.2f} ms: coefficients "
-              f"{coef * 1e3:6.2f} ms ({coef / step:4.0%}), normals >= {normals * 1e3:5.2f} ms "
-              f"({normals / step:4.0%}), rest {max(step - coef - normals, 0) * 1e3:5.2f} ms")
+        kernel = sizes.n / r["prnf_compiled"] - normals
+        print(f"  {r['problem']:<10} {r['dtype']:<8} uncompiled step {step * 1e3:6.2f} ms: "
+              f"coefficients {coef * 1e3:6.2f} ms ({coef / step:4.0%}), normals >= "
+              f"{normals * 1e3:5.2f} ms ({normals / step:4.0%}), rest "
+              f"{max(step - coef - normals, 0) * 1e3:5.2f} ms | compiled step "
+              f"{(kernel + normals) * 1e3:6.2f} ms: kernel {kernel * 1e3:5.2f} ms")
+    if not any(r["problem"] == "runaway2d" for r in rows):
+        return
     sde = get_problem("runaway2d")
     k = derived_constants(sde.params)
     p = torch.from_numpy(training_x0(sde, sizes.n)[:, 0].copy())
@@ -421,52 +476,70 @@ def se_std(x: np.ndarray) -> float:
     return math.sqrt(max(m4 - m2**2, 0.0) / (4 * m2 * n)) if m2 > 0 else 0.0
 
 
+ACCURACY_VARIANTS = {  # label: (dtype, compile, seed); compared with float64 uncompiled, seed 7
+    "f32": ("float32", False, 8),
+    "f32 compiled": ("float32", True, 9),
+    "f64 compiled": ("float64", True, 10),
+}
+
+
+def qoi_indicator(name: str, x: np.ndarray) -> np.ndarray:
+    """Per-particle indicator of the problem's quantity of interest."""
+    if name == "runaway2d":
+        return (x[:, 0] > P_STAR).astype(float)
+    # The paper's parameter-study quantity, a small probability: P[(X, Z) in [0,pi]x[2pi,3pi]].
+    return ((x[:, 0] >= 0) & (x[:, 0] <= math.pi) & (x[:, 2] >= 2 * math.pi)
+            & (x[:, 2] <= 3 * math.pi)).astype(float)
+
+
 def accuracy(name: str, sizes: Sizes) -> list[dict[str, Any]]:
-    """float32 vs float64 statistics of X_T from the same x0, with standard errors."""
+    """float32 and compiled runs vs float64 uncompiled: statistics of X_T with standard errors."""
     sde = get_problem(name)
     n, t_end = sizes.acc_n[name], sizes.acc_t_end[name]
     x0, x0_label = test_x0(name, n)
-    t64 = time.perf_counter()
-    x64 = simulate(sde, x0, t_end=t_end, seed=7, dtype="float64", device="cpu").xT
-    t32 = time.perf_counter()
-    x32 = simulate(sde, x0, t_end=t_end, seed=8, dtype="float32", device="cpu").xT.astype(float)
-    t_done = time.perf_counter()
+    runs, seconds = {}, {}
+    for label, (dtype, compiled, seed) in {"f64": ("float64", False, 7),
+                                           **ACCURACY_VARIANTS}.items():
+        start = time.perf_counter()
+        runs[label] = simulate(sde, x0, t_end=t_end, seed=seed, dtype=dtype, device="cpu",
+                               compile=compiled, compile_fallback=False).xT.astype(float)
+        seconds[label] = time.perf_counter() - start
     print(f"\n{name}: x0 ~ {x0_label}, n = {n:,}, T = {t_end} ({round(t_end / sde.dt)} steps); "
-          f"float64 {t32 - t64:.1f} s, float32 {t_done - t32:.1f} s; independent noise streams")
+          + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+          + "; independent noise streams")
+    x64 = runs["f64"]
+    stats: list[tuple[str, Callable[[np.ndarray], np.ndarray | None], str]] = []
+    for i, coord in enumerate(sde.coord_names):
+        stats.append((f"mean {coord}", lambda x, i=i: x[:, i], "paired"))
+    for i, coord in enumerate(sde.coord_names):
+        stats.append((f"std {coord}", lambda x, i=i: x[:, i], "std"))
+    qoi = f"P(p > {P_STAR})" if name == "runaway2d" else "P(box)"
+    stats.append((qoi, lambda x: qoi_indicator(name, x), "paired"))
     out = []
-    # Mean: paired differences (the same x0 row in both runs, independent noise given x0), so the
-    # standard error accounts for the shared x0 exactly.
-    for i, coord in enumerate(sde.coord_names):
-        d = x64[:, i] - x32[:, i]
-        out.append({"problem": name, "stat": f"mean {coord}", "f64": float(x64[:, i].mean()),
-                    "f32": float(x32[:, i].mean()), "se": float(d.std() / math.sqrt(n))})
-    # Std: independent-sample delta-method errors (conservative with a shared x0).
-    for i, coord in enumerate(sde.coord_names):
-        out.append({"problem": name, "stat": f"std {coord}", "f64": float(x64[:, i].std()),
-                    "f32": float(x32[:, i].std()),
-                    "se": math.hypot(se_std(x64[:, i]), se_std(x32[:, i]))})
-    if name == "runaway2d":
-        a, b = (x64[:, 0] > P_STAR).astype(float), (x32[:, 0] > P_STAR).astype(float)
-        out.append({"problem": name, "stat": f"P(p > {P_STAR})", "f64": float(a.mean()),
-                    "f32": float(b.mean()), "se": float((a - b).std() / math.sqrt(n))})
-    else:
-        # The paper's parameter-study quantity, a small probability: P[(X, Z) in [0,pi]x[2pi,3pi]].
-        def in_box(x: np.ndarray) -> np.ndarray:
-            return ((x[:, 0] >= 0) & (x[:, 0] <= math.pi) & (x[:, 2] >= 2 * math.pi)
-                    & (x[:, 2] <= 3 * math.pi)).astype(float)
-
-        a, b = in_box(x64), in_box(x32)
-        out.append({"problem": name, "stat": "P(box)", "f64": float(a.mean()),
-                    "f32": float(b.mean()), "se": float((a - b).std() / math.sqrt(n))})
-    print(f"  {'statistic':<14} {'float64':>10} {'float32':>10} {'diff':>10} {'SE(diff)':>9} "
-          f"{'|diff|/SE':>9}  within 3 SE")
+    for stat, f, kind in stats:
+        ref = f(x64)
+        row: dict[str, Any] = {"problem": name, "stat": stat,
+                               "f64": float(ref.std() if kind == "std" else ref.mean())}
+        for label in ACCURACY_VARIANTS:
+            other = f(runs[label])
+            if kind == "std":
+                # independent-sample delta-method errors (conservative with a shared x0)
+                value, se = float(other.std()), math.hypot(se_std(ref), se_std(other))
+            else:
+                # paired differences: the same x0 row in both runs, independent noise given x0,
+                # so the standard error accounts for the shared x0 exactly
+                value, se = float(other.mean()), float((ref - other).std() / math.sqrt(n))
+            diff = value - row["f64"]
+            z = abs(diff) / se if se > 0 else (0.0 if diff == 0 else math.inf)
+            row[label] = {"value": value, "se": se, "z": z, "within": z <= 3}
+        out.append(row)
+    head = "".join(f" {label + ' (z)':>22}" for label in ACCURACY_VARIANTS)
+    print(f"  {'statistic':<14} {'float64':>10}{head}   (z = |diff| / SE(diff); within 3 SE?)")
     for row in out:
-        diff = row["f32"] - row["f64"]
-        z = abs(diff) / row["se"] if row["se"] > 0 else (0.0 if diff == 0 else math.inf)
-        row["z"] = z
-        row["within"] = z <= 3
-        print(f"  {row['stat']:<14} {row['f64']:10.5f} {row['f32']:10.5f} {diff:10.2e} "
-              f"{row['se']:9.2e} {z:9.2f}  {'yes' if row['within'] else 'NO'}")
+        cells = "".join(f" {row[label]['value']:10.5f} ({row[label]['z']:4.2f} "
+                        f"{'ok' if row[label]['within'] else 'NO':>2})"
+                        for label in ACCURACY_VARIANTS)
+        print(f"  {row['stat']:<14} {row['f64']:10.5f}{cells}")
     return out
 
 
@@ -486,24 +559,45 @@ def main() -> None:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each throughput round, wait up to SECONDS for other "
                         "processes to use < 0.3 cores (for shared machines)")
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=PROBLEMS,
+                        help="problems to measure (default: all built-in)")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="keep inductor's on-disk cache (default: a fresh, empty one, so "
+                        "the compile times are those of a first run)")
+    parser.add_argument("--skip-accuracy", action="store_true",
+                        help="throughput only (no float32 / compiled accuracy check)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
+    cache = None
+    if not args.warm_cache:
+        cache = tempfile.mkdtemp(prefix="bench_simulate_inductor_")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
     torch.set_num_threads(1)
     started = time.perf_counter()
-    print(f"bench_simulate {datetime.date.today()}: {machine()}; torch threads = 1")
+    print(f"bench_simulate {datetime.date.today()}: {machine()}; torch threads = 1; inductor "
+          f"cache {'fresh (cold compiles)' if cache else 'as found (--warm-cache)'}")
     rows: list[dict[str, Any]] = []
     wall_rows: list[dict[str, Any]] = []
-    for name in ("abc3d", "runaway2d"):
-        result = throughput(name, sizes, args.wait_quiet)
-        rows += result["cpu"]
-        wall_rows += result["wall"]
-    print_throughput(rows, wall_rows, sizes)
-    breakdown(rows, sizes)
-    print("\nfloat32 vs float64 accuracy (difference within 3 standard errors = no bias "
-          "detectable at this sample size)")
-    acc = []
-    for name in ("abc3d", "runaway2d"):
-        acc += accuracy(name, sizes)
+    try:
+        startup = time.perf_counter()
+        torch.compile(lambda x: x + 1.0, dynamic=False)(torch.zeros(8))
+        print(f"compiler start-up (imports, worker pool, a trivial kernel): "
+              f"{time.perf_counter() - startup:.1f} s, not counted in the compile times below")
+        for name in args.problems:
+            result = throughput(name, sizes, args.wait_quiet)
+            rows += result["cpu"]
+            wall_rows += result["wall"]
+        print_throughput(rows, wall_rows, sizes)
+        breakdown(rows, sizes)
+        acc = []
+        if not args.skip_accuracy:
+            print("\nfloat32 and compiled vs float64 uncompiled (difference within 3 standard "
+                  "errors = no bias detectable at this sample size)")
+            for name in (p for p in BASELINES if p in args.problems):
+                acc += accuracy(name, sizes)
+    finally:
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at the end "
           f"{os.getloadavg()[0]:.2f}")
     if args.json:

@@ -392,13 +392,14 @@ def _stack_rows(value: Any) -> Any:
 def _step_key(sde: SDE, dt: float, kind: str, state: torch.Tensor,
               params: Mapping[str, Any]) -> tuple:
     """What a compiled step depends on besides the tensors' values: functions, rules, constants,
-    the scalar parameters and the shapes (compiled for one particle count, ``dynamic=False``)."""
+    the scalar parameters, the shapes (compiled for one particle count, ``dynamic=False``) and
+    the torch thread count (inductor's CPU kernels are compiled for it)."""
     scalars = {k: v for k, v in params.items() if not isinstance(v, torch.Tensor)}
     tensors = tuple(sorted((k, tuple(v.shape)) for k, v in params.items()
                            if isinstance(v, torch.Tensor)))
     return (sde.compiled_drift_and_diffusion, sde.drift_and_diffusion, sde.drift,
             sde.diffusion, sde.boundaries, sde.dim, sde.noise, sde.noise_dim, float(dt), kind,
-            tuple(state.shape), state.dtype, str(state.device),
+            tuple(state.shape), state.dtype, str(state.device), torch.get_num_threads(),
             json.dumps(scalars, sort_keys=True, default=repr), tensors)
 
 

@@ -228,6 +228,14 @@ def test_runaway_in_place_coefficients_are_bit_identical_to_the_plain_formulas(d
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_erf_is_exactly_one_from_6_on(dtype):
+    # what runaway2d's fused coefficients rely on to skip erf there
+    u = torch.cat([torch.linspace(6.0, 100.0, 20001, dtype=dtype),
+                   torch.tensor([6.0, 1e3, 1e30, math.inf], dtype=dtype)])
+    assert bool((torch.erf(u) == 1.0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_runaway_fused_coefficients_equal_the_plain_ones_to_rounding(dtype):
     sde = get_problem("runaway2d")
     assert sde.compiled_drift_and_diffusion is _coefficients_fused

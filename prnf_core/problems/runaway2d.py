@@ -168,7 +168,11 @@ def _coefficients_fused(x: torch.Tensor, t: Any, p: dict
     u = mom * inv_gamma * (1 / vT)
     inv_u = gamma * inv_p * vT
     u2 = u * u
-    phi = torch.erf(u)
+    # erf(u) rounds to exactly 1 from u = 6 on (erfc(6) < 2^-55), in both dtypes; vectorized
+    # erf is ~2x faster on a vector without arguments in (2.5, 6), so hand it 0 there instead:
+    # the same values, -20 % of the step's kernel time in float64.
+    big = u >= 6.0
+    phi = torch.where(big, 1.0, torch.erf(torch.where(big, 0.0, u)))
     dphi = (2 / math.sqrt(math.pi)) * torch.exp((-u2).clamp_min(-87.0))
     psi = 0.5 * (phi - u * dphi) * inv_u * inv_u
     c_a = (nu * vT**2 * psi * inv_u).clamp_min(_FLOOR)
