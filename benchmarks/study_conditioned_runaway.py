@@ -95,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--particles", type=int, default=50_000)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--architecture", choices=["prnf", "nsf"], default="prnf")
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--lam", type=float, default=10.0)
@@ -117,7 +118,8 @@ def main() -> None:
         run_dataset(config, folder / "train.zarr")
         dataset = open_dataset(folder / "train.zarr")
         data_seconds = dataset.simulation_seconds()
-        model = build_model(ModelConfig(dim=2, hidden_width=args.width,
+        model = build_model(ModelConfig(architecture=args.architecture, dim=2,
+                                        hidden_width=args.width,
                                         hidden_layers=args.layers, conditioning=box), seed=0)
         training = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr,
                                lam=args.lam, progress=False, threads=args.threads)
@@ -143,7 +145,7 @@ def main() -> None:
     summary = {
         "particles": args.particles, "snapshot_times": len(TRAIN_TIMES),
         "rows": result.n_train + result.n_val, "epochs": result.epochs_run,
-        "width": args.width, "layers": args.layers, "lam": args.lam, "lr": args.lr,
+        "architecture": args.architecture, "width": args.width, "layers": args.layers, "lam": args.lam, "lr": args.lr,
         "batch": args.batch, "threads": args.threads, "mc_particles": args.mc,
         "sur_samples": args.samples, "data_cpu_s": data_seconds, "train_cpu_s": train_seconds,
         "mc_cpu_s": mc_seconds, "mc_runs": questions, "sample_cpu_s": sample_seconds,
@@ -215,14 +217,16 @@ def write_page(out: Path, rows: list[dict], s: dict) -> None:
         "# One surrogate over time and the electric field: runaway electrons (issue 14)", "",
         f"Made by `python benchmarks/study_conditioned_runaway.py {' '.join(sys.argv[1:])}` "
         f"(the 2-core CPU machine; torch on {s['threads']} thread(s)).", "",
-        "ONE conditioned PRNF of p(X_t | x0; E0), condition (t, E0), box t ∈ "
+        f"ONE conditioned {s.get('architecture', 'prnf').upper()} of p(X_t | x0; E0), condition "
+        "(t, E0), box t ∈ "
         f"[{min(TRAIN_TIMES):g}, {max(TRAIN_TIMES):g}], E0 ∈ [{E0_BOX[0]:.3g}, {E0_BOX[1]:.3g}] "
         f"(×0.4 to ×2.5 the default {E0_DEFAULT:.3g}). Training data: {s['particles']} particles, "
         "x0 uniform on p ∈ [0.5, 5], ξ ∈ [-1, 1], E0 per particle from a scrambled Sobol design, "
         f"snapshots at t = {TRAIN_TIMES[0]:g}, {TRAIN_TIMES[1]:g}, …, {TRAIN_TIMES[-1]:g} "
         f"({s['rows']} (x0, t, E0, X_t) rows), float32, dt = 0.005. Model: width {s['width']}, "
-        f"{s['layers']} layers, λ = {s['lam']:g}, {s['epochs']} epochs, batch {s['batch']}, "
-        f"lr {s['lr']:g}.", "",
+        f"{s['layers']} layers, λ = {s['lam']:g} (PRNF), {s['epochs']} epochs, batch "
+        f"{s['batch']}, lr {s['lr']:g}; time scaling of the increment and the atom at p_min "
+        "(the defaults: prnf_core/models/time_scaling.py, atoms.py).", "",
         f"References: fresh MC, {s['mc_particles']} particles per (E0, T̂0) (Maxwellian initial "
         f"laws); {s['sur_samples']} surrogate samples per question. Rate: fraction with "
         f"p > {RUNAWAY_P_STAR}; binomial SEs. Goal: within {REL_GOAL:.0%} of MC for "

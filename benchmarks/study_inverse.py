@@ -82,6 +82,8 @@ def study(problem: str, args: argparse.Namespace, folder: Path, out: Path | None
                            chunk_size=min(10_000, particles), seed=0, dtype=case["dtype"])
     run_dataset(config, folder / f"{problem}.zarr")
     dataset = open_dataset(folder / f"{problem}.zarr")
+    overrides = json.loads(args.model) if args.model else {}
+    case = {**case, "model": {**case["model"], **overrides}}
     model = build_model(ModelConfig(**case["model"]).for_problem(sde), seed=0)
     started = time.process_time()
     fit(model, dataset, TrainConfig(epochs=epochs, batch_size=512, lr=2e-3, lam=10.0,
@@ -180,7 +182,8 @@ def write_page(out: Path, results: list[dict], args: argparse.Namespace) -> None
                    if r["posterior_note"] is None else
                    f"- initial law {json.dumps(r['law'])}: no posterior: {r['posterior_note']}"),
                   f"- training: {r['particles']} particles ({r['data_cpu_s']:.0f} CPU s of "
-                  f"simulation), model {json.dumps(r['model'])}, λ = 10, {r['epochs']} epochs, "
+                  f"simulation), model {json.dumps(r['model'])}, λ = 10 (PRNF), "
+                  f"{r['epochs']} epochs, "
                   f"batch 512 ({r['train_cpu_s']:.0f} CPU s)", "",
                   f"![map](inverse/{r['problem']}_map.png)", "",
                   *([f"![posterior](inverse/{r['problem']}_posterior.png)", ""]
@@ -217,6 +220,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1000, help="surrogate samples per map point")
     parser.add_argument("--check-draws", type=int, default=20_000)
     parser.add_argument("--mc", type=int, default=2000, help="MC particles per check point")
+    parser.add_argument("--model", default=None,
+                        help='JSON of ModelConfig fields over the case\'s, e.g. '
+                             '\'{"architecture": "nsf", "hidden_width": 128}\'')
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
