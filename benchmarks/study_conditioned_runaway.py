@@ -145,7 +145,8 @@ def main() -> None:
     summary = {
         "particles": args.particles, "snapshot_times": len(TRAIN_TIMES),
         "rows": result.n_train + result.n_val, "epochs": result.epochs_run,
-        "architecture": args.architecture, "width": args.width, "layers": args.layers, "lam": args.lam, "lr": args.lr,
+        "architecture": args.architecture, "width": args.width, "layers": args.layers,
+        "lam": args.lam, "lr": args.lr,
         "batch": args.batch, "threads": args.threads, "mc_particles": args.mc,
         "sur_samples": args.samples, "data_cpu_s": data_seconds, "train_cpu_s": train_seconds,
         "mc_cpu_s": mc_seconds, "mc_runs": questions, "sample_cpu_s": sample_seconds,
