@@ -33,6 +33,7 @@ from prnf_core.paths import is_url
 from prnf_core.problems import default_test_laws, get_problem
 from prnf_core.simulate import DType
 from prnf_core.train import TrainConfig
+from prnf_core.validation.kl import KL_SAMPLES
 from prnf_core.verdict import Fingerprint
 
 
@@ -119,6 +120,12 @@ class ValidationConfig(BaseModel):
         30, ge=0,
         description="Bootstrap resamples of the surrogate's samples for the standard error of "
                     "each SW ratio (0: none, and then no champion is ever replaced).",
+    )
+    kl_samples: int = Field(
+        KL_SAMPLES, ge=100,
+        description="Problems with an exact transition: exact draws of X_T, and draws of x0 "
+                    "for both mixtures, of each law's exact KL (its SE shrinks as "
+                    "1/sqrt(kl_samples), its cost grows as kl_samples squared).",
     )
     promotion_n_se: float = Field(
         2.0, gt=0,

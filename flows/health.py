@@ -102,7 +102,7 @@ def health_flow(params: HealthParams) -> dict[str, Any]:
         ref, test_sets, {k: v.model_dump(mode="json") for k, v in cases.items()},
         check.validation.n_samples, seed, check.validation.max_kl, check.validation.max_sw_ratio,
         train_seconds=float(meta.get("train_seconds", 0.0)), report_dir=str(report_dir),
-        bootstrap=check.validation.bootstrap,
+        bootstrap=check.validation.bootstrap, kl_samples=check.validation.kl_samples,
         **({"conditions": conditions} if conditions else {}))
     if params.seed is None:  # a clock seed is never asked for again: do not keep its MC sets
         for path in test_sets.values():

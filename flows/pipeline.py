@@ -345,7 +345,8 @@ def _score(params: PipelineParams, laws: dict, box: Conditioning | None, mc_seed
         params.validation.n_samples, seed, params.validation.max_kl,
         params.validation.max_sw_ratio, train_seconds=train_seconds,
         report_dir=str(report_dir), bootstrap=params.validation.bootstrap,
-        champion_ref=champion_ref, history=training_history(model_dir),
+        kl_samples=params.validation.kl_samples, champion_ref=champion_ref,
+        history=training_history(model_dir),
         **({"conditions": conditions} if conditions else {}))
     ids = {f"test_set.{metric_key(k)}": open_dataset(p).dataset_id
            for k, p in test_sets.items()}

@@ -48,7 +48,7 @@ def validate_flow(params: ValidateParams) -> dict[str, Any]:
             params.validation.max_sw_ratio,
             train_seconds=float(meta.get("train_seconds", 0.0)),
             report_dir=str(data_root() / "reports" / run_id),
-            bootstrap=params.validation.bootstrap,
+            bootstrap=params.validation.bootstrap, kl_samples=params.validation.kl_samples,
             **({"conditions": conditions} if conditions else {}))
         tracking.log_params(client, run_id, {"validation": params.validation.model_dump(
             mode="json")})

@@ -31,7 +31,7 @@ from prnf_core.validation import (
     torch_threads,
     validate_samples,
 )
-from prnf_core.validation.kl import condition_of
+from prnf_core.validation.kl import KL_SAMPLES, condition_of
 from prnf_core.verdict import Estimate, Fingerprint, LawScore, Verdict, judge
 from tasks.progress import Reporter
 
@@ -82,11 +82,11 @@ def verdict_of(metrics: dict[str, float], laws: list[str], max_sw_ratio: float,
 def evaluate_model(model: Any, problem: str, problem_params: dict[str, Any],
                    test_sets: dict[str, str], laws: dict[str, InitialSpec], n_samples: int,
                    seed: int, t_end: float, detailed: bool = True, bootstrap: int = 0,
-                   conditions: dict[str, dict[str, Any]] | None = None
-                   ) -> tuple[ValidationReport, dict, float]:
+                   conditions: dict[str, dict[str, Any]] | None = None,
+                   kl_samples: int = KL_SAMPLES) -> tuple[ValidationReport, dict, float]:
     """Validate ``model`` on the test sets (simulated to the horizon ``t_end``, at which the
-    exact KL is taken too). Returns the report, surrogate samples per law and the surrogate's
-    sampling rate (samples/s).
+    exact KL is taken too, with ``kl_samples`` exact draws of X_T and of x0). Returns the
+    report, surrogate samples per law and the surrogate's sampling rate (samples/s).
 
     ``conditions`` (a model conditioned on (t, θ)): per case ``{"t": t, "params": θ}``, the
     point its test set was simulated at; the model is sampled there and the exact KL taken
@@ -100,14 +100,16 @@ def evaluate_model(model: Any, problem: str, problem_params: dict[str, Any],
             sde = get_problem(problem, **{**problem_params, **(point or {}).get("params", {})})
             sample_seconds += _evaluate_law(model, problem, sde, t, law, path, laws[law],
                                             n_samples, seed + i, detailed, bootstrap, report,
-                                            samples, conditioned=point is not None)
+                                            samples, conditioned=point is not None,
+                                            kl_samples=kl_samples)
     rate = len(test_sets) * n_samples / max(sample_seconds, 1e-9)
     return report, samples, rate
 
 
 def _evaluate_law(model: Any, problem: str, sde: Any, t_end: float, law: str, path: str,
                   spec: InitialSpec, n_samples: int, seed: int, detailed: bool, bootstrap: int,
-                  report: ValidationReport, samples: dict, conditioned: bool = False) -> float:
+                  report: ValidationReport, samples: dict, conditioned: bool = False,
+                  kl_samples: int = KL_SAMPLES) -> float:
     """Add one law's results to ``report``; return the surrogate's sampling seconds. A
     ``conditioned`` case samples the model at (``t_end``, ``sde``'s parameters)."""
     import torch
@@ -123,7 +125,7 @@ def _evaluate_law(model: Any, problem: str, sde: Any, t_end: float, law: str, pa
     report.add(validate_samples(problem, sur, mc_a, mc_b, law=law, seed=seed,
                                 param=_law_param(spec), c2st=detailed, bootstrap=bootstrap))
     if sde.has_exact_transition:
-        est = exact_kl(sde, model, spec, t=t_end, n_y=2000, n_x0=2000, seed=seed)
+        est = exact_kl(sde, model, spec, t=t_end, n_y=kl_samples, n_x0=kl_samples, seed=seed)
         report.meta.setdefault("kl", {})[law] = {"kl": est.kl, "stderr": est.stderr}
     return seconds
 
@@ -142,7 +144,8 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
                        train_seconds: float, report_dir: str, bootstrap: int = 0,
                        champion_ref: str | None = None,
                        history: list[dict[str, float]] | None = None,
-                       conditions: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                       conditions: dict[str, dict[str, Any]] | None = None,
+                       kl_samples: int = KL_SAMPLES) -> dict[str, Any]:
     """Validate a surrogate (and the current champion, on the same data); write the report and
     plots. Returns metrics, the gate's verdict and score with its SE, the champion's, and the
     written files.
@@ -155,7 +158,7 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
     ``conditions`` (a model conditioned on (t, θ)): the grid point ``{"t": t, "params": θ}`` of
     each case (law at a point) of ``test_sets``, see :func:`evaluate_model`; the gate then takes
     the worst over all cases. A champion is scored on the same grid only when it has the same
-    conditioning box (part of the fingerprint).
+    conditioning box (part of the fingerprint). ``kl_samples``: the size of each exact KL.
     """
     from prnf_core import plots
     from tasks.pyfunc import load_surrogate
@@ -170,7 +173,8 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
     model = surrogate.model
     report, samples, sur_rate = evaluate_model(model, problem, problem_params, test_sets, laws,
                                                n_samples, seed, fingerprint.t_end,
-                                               bootstrap=bootstrap, conditions=conditions)
+                                               bootstrap=bootstrap, conditions=conditions,
+                                               kl_samples=kl_samples)
     mc_seconds = sum(open_dataset(p).simulation_seconds() for p in test_sets.values())
     mc_particles = sum(open_dataset(p).n_particles for p in test_sets.values())
     report.cost = cost_summary(train_seconds, sur_rate, mc_particles / max(mc_seconds, 1e-9),
@@ -180,7 +184,7 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
     verdict = verdict_of(metrics, law_keys, max_sw_ratio, max_kl)
     champion = _score_champion(champion_ref, fingerprint, test_sets, laws, n_samples, seed,
                                bootstrap, law_keys, max_sw_ratio, max_kl,
-                               conditions) if champion_ref else {}
+                               conditions, kl_samples) if champion_ref else {}
     if champion.get("note"):
         logger.warning("champion %s not scored: %s", champion_ref, champion["note"])
 
@@ -244,7 +248,8 @@ def validate_surrogate(model_ref: str, test_sets: dict[str, str], laws: dict[str
 def _score_champion(champion_ref: str, fingerprint: Fingerprint, test_sets: dict[str, str],
                     laws: dict[str, InitialSpec], n_samples: int, seed: int, bootstrap: int,
                     law_keys: list[str], max_sw_ratio: float, max_kl: float,
-                    conditions: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                    conditions: dict[str, dict[str, Any]] | None = None,
+                    kl_samples: int = KL_SAMPLES) -> dict[str, Any]:
     """The champion's score and verdict on the same test sets (at the same grid points
     ``conditions``), or a ``note`` saying why it was not scored (another configuration, which
     includes another conditioning box, or it could not be loaded)."""
@@ -261,7 +266,7 @@ def _score_champion(champion_ref: str, fingerprint: Fingerprint, test_sets: dict
     report, _, _ = evaluate_model(champion.model, fingerprint.problem,
                                   dict(fingerprint.problem_params), test_sets, laws, n_samples,
                                   seed, fingerprint.t_end, detailed=False, bootstrap=bootstrap,
-                                  conditions=conditions)
+                                  conditions=conditions, kl_samples=kl_samples)
     metrics = flat_metrics(report)
     verdict = verdict_of(metrics, law_keys, max_sw_ratio, max_kl)
     return {"score": verdict.score, "passed": verdict.passed, "metrics": metrics}

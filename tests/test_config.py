@@ -134,3 +134,34 @@ def test_grid_keys_round_trip_for_any_grid_size(n):
     assert grid_key(3, 105) == "i03_j105" and grid_indices("i104_j07") == (104, 7)
     with pytest.raises(ValueError, match="not a grid key"):
         grid_indices("T1")
+
+
+def test_validation_kl_samples_sizes_every_exact_kl(tmp_path, monkeypatch):
+    """``validation.kl_samples`` (default 2000, at least 100) is both sizes of each law's exact
+    KL in a validation."""
+    from tiny_models import save_tiny_bm1d_model
+
+    from flows.config import ValidationConfig
+    from prnf_core import DatasetConfig, run_dataset
+    from prnf_core.initial import parse_initial
+    from prnf_core.models import load_model
+    from tasks import validate
+
+    assert ValidationConfig().kl_samples == 2000
+    with pytest.raises(ValidationError, match="kl_samples"):
+        ValidationConfig(kl_samples=50)
+    law = {"kind": "gaussian", "mean": [0.0], "std": [0.5]}
+    store = run_dataset(DatasetConfig(problem="bm1d", initial=law, n_particles=400,
+                                      chunk_size=400), tmp_path / "mc.zarr").path
+    model = load_model(save_tiny_bm1d_model(tmp_path / "model"), device="cpu")
+    sizes, exact_kl = [], validate.exact_kl
+
+    def recording(*args, **kwargs):
+        sizes.append((kwargs["n_y"], kwargs["n_x0"]))
+        return exact_kl(*args, **kwargs)
+
+    monkeypatch.setattr(validate, "exact_kl", recording)
+    report, _, _ = validate.evaluate_model(model, "bm1d", {}, {"g": str(store)},
+                                           {"g": parse_initial(law)}, 200, 0, 0.5,
+                                           detailed=False, kl_samples=150)
+    assert sizes == [(150, 150)] and set(report.meta["kl"]) == {"g"}

@@ -21,7 +21,8 @@ def pipeline_params(settings: StudySettings, problem: str, execution: ExecutionC
         problem=problem, n_train=settings.n_train, chunk_size=settings.chunk_size,
         t_end=settings.t_end, dt=settings.dt, seed=settings.seed, dtype=settings.dtype,
         model=settings.model, training=training,
-        validation=ValidationConfig(laws=laws, n_samples=settings.validation_samples),
+        validation=ValidationConfig(laws=laws, n_samples=settings.validation_samples,
+                                    kl_samples=settings.validation_kl_samples),
         execution=execution, use_registry=use_registry)
 
 

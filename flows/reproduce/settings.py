@@ -16,6 +16,7 @@ from flows.config import set_dotted
 from prnf_core.models import ModelConfig
 from prnf_core.simulate import DType
 from prnf_core.train import TrainConfig
+from prnf_core.validation.kl import KL_SAMPLES
 
 Profile = Literal["quick", "paper"]
 Experiment = Literal["bm1d", "runaway2d", "abc3d"]
@@ -42,6 +43,10 @@ class StudySettings(BaseModel):
     validation_samples: int = Field(
         10_000, ge=100, description="Particles per law in each MC half of the pipeline's "
                                     "validation, and surrogate samples per law.")
+    validation_kl_samples: int = Field(
+        KL_SAMPLES, ge=100, description="Problems with an exact transition: exact draws of "
+                                        "X_T and of x0 of each exact KL in the pipeline's "
+                                        "validation.")
 
 
 class Bm1dSettings(StudySettings):

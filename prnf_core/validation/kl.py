@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from prnf_core.models.base import ConditionalSampler
 
 
+#: Exact draws of X_T, and draws of x0 for both mixtures, of an exact KL by default.
+KL_SAMPLES = 2000
+
+
 @dataclass(frozen=True)
 class KLEstimate:
     kl: float
@@ -68,7 +72,7 @@ def sample_exact(sde: SDE, x0: np.ndarray, t: float, rng: np.random.Generator) -
 
 
 def exact_kl(sde: SDE, model: ConditionalSampler, initial: InitialSpec | dict | str,
-             t: float | None = None, n_y: int = 2000, n_x0: int = 2000,
+             t: float | None = None, n_y: int = KL_SAMPLES, n_x0: int = KL_SAMPLES,
              seed: int = 0) -> KLEstimate:
     """KL(p_T || q_T) of ``model`` against the exact law under ``initial`` (module doc).
 
