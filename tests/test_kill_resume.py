@@ -30,9 +30,13 @@ def _done_count(out: Path) -> int:
         return 0
 
 
-def test_killed_run_resumes_bit_identical(tmp_path):
+def test_killed_run_resumes_bit_identical(prefect_harness, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
     out = tmp_path / "abc.zarr"
-    env = {**os.environ, "PRNF_DATA_ROOT": str(tmp_path / "data")}
+    # the session's Prefect server: no temporary server started (and killed) per command
+    env = {**os.environ, "PRNF_DATA_ROOT": str(tmp_path / "data"),
+           "PREFECT_API_URL": PREFECT_API_URL.value()}
     log = tmp_path / "killed-run.log"
     with log.open("w") as stderr:
         proc = subprocess.Popen(_cli(out), env=env, start_new_session=True,

@@ -169,7 +169,8 @@ def test_prnf_validate_a_registered_model(two_runs):
     os.environ["MLFLOW_TRACKING_URI"] = good["tracking_uri"]
     try:
         result = runner.invoke(app, ["validate", "--model", "models:/prnf-bm1d@champion",
-                                     "--n-samples", "500", "--workers", "0"])
+                                     "--n-samples", "500", "--workers", "0",
+                                     "--set", "validation.kl_samples=500"])
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     assert result.exit_code == 0, result.output
@@ -192,7 +193,7 @@ def test_prnf_register_of_a_registered_model_dir_brings_back_its_version(two_run
     before = sorted(str(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     config = tmp_path / "register.yaml"
     config.write_text(yaml.safe_dump({"validation": {
-        "n_samples": 1000, "chunk_size": 1000,
+        "n_samples": 1000, "chunk_size": 1000, "kl_samples": 500,
         "laws": {"gaussian": {"kind": "gaussian", "mean": [0.0], "std": [0.5]}}}}))
     result = runner.invoke(app, ["register", good["model_dir"], "--config", str(config),
                                  "--workers", "0"])

@@ -37,7 +37,7 @@ from tasks import tracking
 TINY = {
     "bm1d": {"n_train": 1000, "chunk_size": 500, "training.epochs": 2, "lambdas": [0, 100],
              "kl_n_y": 200, "kl_n_x0": 200, "check_samples": 500, "validation_samples": 500,
-             "model.hidden_width": 16},
+             "validation_kl_samples": 200, "model.hidden_width": 16},
     "runaway2d": {"n_train": 1000, "chunk_size": 500, "t_end": 0.5, "training.epochs": 2,
                   "temperatures": [2, 6], "marginal_temperatures": [6], "n_mc": 1000,
                   "n_surrogate": 2000, "validation_samples": 500, "model.hidden_width": 16},
