@@ -144,8 +144,13 @@ def training_x0(sde: SDE, n: int, seed: int = 0) -> np.ndarray:
 
 
 # -- normal-generation ceiling -----------------------------------------------------------------
-def normal_fillers(shape: tuple[int, int], dtype: str) -> dict[str, Callable[[], None]]:
+def normal_fillers(shape: tuple[int, int], dtype: str, device: str = "cpu"
+                   ) -> dict[str, Callable[[], None]]:
     """Candidate ways to fill a preallocated ``shape`` buffer with standard normals."""
+    if device != "cpu":  # on a GPU: torch's generator there (what simulate uses)
+        t_buf = torch.empty(shape, dtype=DTYPES[dtype], device=device)
+        gen = torch.Generator(device=device).manual_seed(1)
+        return {"torch normal_": lambda: t_buf.normal_(generator=gen)}
     np_dtype = np.float64 if dtype == "float64" else np.float32
     np_buf = np.empty(shape, dtype=np_dtype)
     t_buf = torch.empty(shape, dtype=DTYPES[dtype])
@@ -257,20 +262,38 @@ NUMPY_LOOPS = {"abc3d": numpy_loop_abc3d, "runaway2d": numpy_loop_runaway2d}
 
 
 # -- throughput ---------------------------------------------------------------------------------
-def compile_first(sde: SDE, x0: np.ndarray, dtype: str) -> float:
+def compile_first(sde: SDE, x0: np.ndarray, dtype: str, device: str) -> float:
     """Compile the step for these particles (one step); the seconds it took (wall clock)."""
-    out = simulate(sde, x0, t_end=sde.dt, dt=sde.dt, seed=1, dtype=dtype, device="cpu",
+    out = simulate(sde, x0, t_end=sde.dt, dt=sde.dt, seed=1, dtype=dtype, device=device,
                    compile=True, compile_fallback=False)
     return float(out.compile_seconds)
 
 
-def throughput(name: str, sizes: Sizes, quiet_wait: float = 0.0) -> dict[str, Any]:
-    """Best-of-rounds particle-steps/s of every variant for one problem, and compile times."""
+def synced(fn: Callable[[], Any], device: str) -> Callable[[], Any]:
+    """``fn`` followed by a device synchronization (GPU work is asynchronous)."""
+    if device == "cpu":
+        return fn
+
+    def run() -> Any:
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def throughput(name: str, sizes: Sizes, quiet_wait: float = 0.0, device: str = "cpu"
+               ) -> dict[str, Any]:
+    """Best-of-rounds particle-steps/s of every variant for one problem, and compile times.
+
+    On a GPU (``device="cuda"``) only prnf and torch's normal generator there are measured (the
+    baselines are CPU code), and the wall clock is the one to read.
+    """
     sde = get_problem(name)
     n, m = sizes.n, sde.noise_dim
     x0 = training_x0(sde, n)
-    fillers = {dt: normal_fillers((m, n), dt) for dt in DTYPES}
-    baselines = name in BASELINES
+    fillers = {dt: normal_fillers((m, n), dt, device) for dt in DTYPES}
+    baselines = name in BASELINES and device == "cpu"
 
     variants: dict[str, tuple[Callable[[], Any], int]] = {}
     for dt in DTYPES:
@@ -278,12 +301,13 @@ def throughput(name: str, sizes: Sizes, quiet_wait: float = 0.0) -> dict[str, An
             variants[f"prnf {mode} {dt}"] = (
                 lambda dt=dt, compiled=compiled: simulate(
                     sde, x0, t_end=sizes.steps * sde.dt, dt=sde.dt, seed=1, dtype=dt,
-                    device="cpu", compile=compiled, compile_fallback=False),
+                    device=device, compile=compiled, compile_fallback=False),
                 sizes.steps,
             )
         for gen, fill in fillers[dt].items():
             variants[f"normals {dt} {gen}"] = (
-                lambda fill=fill: [fill() for _ in range(sizes.steps_slow)], sizes.steps_slow)
+                synced(lambda fill=fill: [fill() for _ in range(sizes.steps_slow)], device),
+                sizes.steps_slow)
     torchsde_steps: dict[str, int] = {}
     if baselines:
         for dt in DTYPES:
@@ -295,10 +319,10 @@ def throughput(name: str, sizes: Sizes, quiet_wait: float = 0.0) -> dict[str, An
 
     # Compile first (the one-off cost, measured here), then warm up (lazy initializations,
     # page faults of the first buffers), then interleaved rounds.
-    compile_s = {dt: compile_first(sde, x0, dt) for dt in DTYPES}
+    compile_s = {dt: compile_first(sde, x0, dt, device) for dt in DTYPES}
     warm_x0 = x0[:1000]
     for dt in DTYPES:
-        simulate(sde, warm_x0, t_end=2 * sde.dt, dt=sde.dt, dtype=dt, device="cpu")
+        simulate(sde, warm_x0, t_end=2 * sde.dt, dt=sde.dt, dtype=dt, device=device)
         if baselines:
             run_torchsde(sde, warm_x0, 2, dt)
     if baselines:
@@ -492,7 +516,7 @@ def qoi_indicator(name: str, x: np.ndarray) -> np.ndarray:
             & (x[:, 2] <= 3 * math.pi)).astype(float)
 
 
-def accuracy(name: str, sizes: Sizes) -> list[dict[str, Any]]:
+def accuracy(name: str, sizes: Sizes, device: str = "cpu") -> list[dict[str, Any]]:
     """float32 and compiled runs vs float64 uncompiled: statistics of X_T with standard errors."""
     sde = get_problem(name)
     n, t_end = sizes.acc_n[name], sizes.acc_t_end[name]
@@ -501,7 +525,7 @@ def accuracy(name: str, sizes: Sizes) -> list[dict[str, Any]]:
     for label, (dtype, compiled, seed) in {"f64": ("float64", False, 7),
                                            **ACCURACY_VARIANTS}.items():
         start = time.perf_counter()
-        runs[label] = simulate(sde, x0, t_end=t_end, seed=seed, dtype=dtype, device="cpu",
+        runs[label] = simulate(sde, x0, t_end=t_end, seed=seed, dtype=dtype, device=device,
                                compile=compiled, compile_fallback=False).xT.astype(float)
         seconds[label] = time.perf_counter() - start
     print(f"\n{name}: x0 ~ {x0_label}, n = {n:,}, T = {t_end} ({round(t_end / sde.dt)} steps); "
@@ -566,7 +590,12 @@ def main() -> None:
                         "the compile times are those of a first run)")
     parser.add_argument("--skip-accuracy", action="store_true",
                         help="throughput only (no float32 / compiled accuracy check)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="simulation device (cuda: prnf and torch's normals there only; "
+                        "read the wall-clock table)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     sizes = QUICK if args.quick else FULL
     cache = None
     if not args.warm_cache:
@@ -574,7 +603,8 @@ def main() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
     torch.set_num_threads(1)
     started = time.perf_counter()
-    print(f"bench_simulate {datetime.date.today()}: {machine()}; torch threads = 1; inductor "
+    print(f"bench_simulate {datetime.date.today()}: {machine()}; device {args.device}; "
+          f"torch threads = 1; inductor "
           f"cache {'fresh (cold compiles)' if cache else 'as found (--warm-cache)'}")
     rows: list[dict[str, Any]] = []
     wall_rows: list[dict[str, Any]] = []
@@ -584,17 +614,18 @@ def main() -> None:
         print(f"compiler start-up (imports, worker pool, a trivial kernel): "
               f"{time.perf_counter() - startup:.1f} s, not counted in the compile times below")
         for name in args.problems:
-            result = throughput(name, sizes, args.wait_quiet)
+            result = throughput(name, sizes, args.wait_quiet, args.device)
             rows += result["cpu"]
             wall_rows += result["wall"]
         print_throughput(rows, wall_rows, sizes)
-        breakdown(rows, sizes)
+        if args.device == "cpu":
+            breakdown(rows, sizes)
         acc = []
         if not args.skip_accuracy:
             print("\nfloat32 and compiled vs float64 uncompiled (difference within 3 standard "
                   "errors = no bias detectable at this sample size)")
             for name in (p for p in BASELINES if p in args.problems):
-                acc += accuracy(name, sizes)
+                acc += accuracy(name, sizes, args.device)
     finally:
         if cache:
             shutil.rmtree(cache, ignore_errors=True)

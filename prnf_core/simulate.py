@@ -19,14 +19,15 @@ Compiled step (``compile=True``, or an SDE declaring ``compile=True``): one Eule
 (coefficients, update and boundary rules, and the sum the non-finite check reads) is traced once
 by ``torch.compile`` and runs as one fused kernel (inductor: generated C++ on CPU, Triton on
 CUDA) instead of one pass over memory per torch operation; the normals come from the same stream.
-For coefficients with transcendental functions (runaway2d) that is 2-3x the throughput, measured
-in ``benchmarks/bench_simulate.py``. The kernel rounds differently from the uncompiled path, so
-results agree with it to floating-point rounding, not bit for bit; the default stays uncompiled,
-and a dataset records whether it was compiled (:class:`prnf_core.dataset_config.DatasetConfig`).
-Compiling takes seconds (once per process, configuration and particle count; inductor also
-caches kernels on disk, which makes a later process faster), so it pays for long runs: the
-break-even points are in ``benchmarks/README.md``. If compilation fails (no C++ compiler, an
-untraceable coefficient), ``simulate`` warns and runs uncompiled.
+For coefficients with transcendental functions (runaway2d) that is about twice the throughput
+(``benchmarks/bench_simulate.py``). The kernel is built for the machine's CPU
+(``-march=native``) and rounds differently from the uncompiled path, so results agree with it to
+floating-point rounding, not bit for bit; the default stays uncompiled, and a dataset records
+whether it was compiled (:class:`prnf_core.dataset_config.DatasetConfig`). Compiling takes
+seconds (once per process, configuration and particle count; inductor also caches kernels on
+disk, which makes a later process faster), so it pays for long runs: the break-even points are
+in ``benchmarks/README.md``. If compilation fails (no C++ compiler, an untraceable coefficient),
+``simulate`` warns and runs uncompiled.
 
 Per-particle parameters: ``param_values={"mu": array (n,)}`` for parameters the SDE declares in
 ``SDE.varying`` hands the coefficients ``(n, 1)`` tensors instead of scalars (see
