@@ -48,6 +48,7 @@ import itertools
 import json
 import math
 import numbers
+import threading
 import time
 import types
 import warnings
@@ -327,6 +328,7 @@ def _compile_option(sde: SDE, value: object) -> bool:
 
 _COMPILED_STEPS: OrderedDict[tuple, _CompiledStep] = OrderedDict()
 _COMPILED_MAX = 16  # compiled steps kept per process (least recently used dropped)
+_COMPILED_LOCK = threading.Lock()
 _step_names = itertools.count()
 
 
@@ -430,14 +432,15 @@ class _CompileFailure(Exception):
 
 
 def _compiled_step(key: tuple, sde: SDE, dt: float, kind: str) -> _CompiledStep:
-    step = _COMPILED_STEPS.get(key)
-    if step is None:
-        step = _CompiledStep(_step_function(sde, dt, kind))
-        _COMPILED_STEPS[key] = step
-        while len(_COMPILED_STEPS) > _COMPILED_MAX:
-            _COMPILED_STEPS.popitem(last=False)
-    _COMPILED_STEPS.move_to_end(key)
-    return step
+    with _COMPILED_LOCK:  # simulations may run in threads (e.g. a threaded Dask worker)
+        step = _COMPILED_STEPS.get(key)
+        if step is None:
+            step = _CompiledStep(_step_function(sde, dt, kind))
+            _COMPILED_STEPS[key] = step
+            while len(_COMPILED_STEPS) > _COMPILED_MAX:
+                _COMPILED_STEPS.popitem(last=False)
+        _COMPILED_STEPS.move_to_end(key)
+        return step
 
 
 def _reason(exc: BaseException) -> str:
@@ -490,7 +493,8 @@ def _run_compiled(sde: SDE, state: torch.Tensor, params: Mapping[str, Any] | Non
     except PrnfError:
         raise
     except Exception as exc:  # no compiler, untraceable coefficients, recompilations, ...
-        _COMPILED_STEPS.pop(key, None)
+        with _COMPILED_LOCK:
+            _COMPILED_STEPS.pop(key, None)
         raise _CompileFailure(_reason(exc) if not isinstance(exc, _CompileFailure)
                               else str(exc)) from exc
     return state, compile_seconds
