@@ -29,7 +29,9 @@ def params(epochs: int, **extra) -> PipelineParams:
         "problem": "bm1d", "n_train": 4000, "chunk_size": 2000,
         "training": {"epochs": epochs, "batch_size": 128, "lr": 3e-3, "progress": False},
         "model": {"hidden_width": 32},
-        "validation": {"n_samples": 1000, "chunk_size": 1000,
+        # exact KLs of 500 x 500 draws: the trained model's is ~0.002 with an SE of ~0.003,
+        # six SEs below the gate's 0.02; the 1-epoch model's is orders of magnitude above
+        "validation": {"n_samples": 1000, "chunk_size": 1000, "kl_samples": 500,
                        "laws": {"gaussian": {"kind": "gaussian", "mean": [0.0], "std": [0.5]},
                                 "bimodal": {"kind": "gaussian_mixture", "weights": [0.5, 0.5],
                                             "means": [[-1.0], [1.0]],
