@@ -281,7 +281,9 @@ class _Store(Dataset):
     def __init__(self, rows, names, save_times=(0.5, 1.0), param_box=None):
         self._rows, self._names = rows, names
         self._config = types.SimpleNamespace(save_times=list(save_times or []) or None,
-                                             param_box=param_box, initial_spec=lambda: None)
+                                             param_box=param_box, initial_spec=lambda: None,
+                                             sde=lambda: types.SimpleNamespace(dim=1,
+                                                                               boundaries=None))
 
     def load(self, name, allow_partial=False):
         if name != "x0":
