@@ -374,8 +374,8 @@ class ConditionalSampler(nn.Module):
         return (self._target(x0, y) - mean) / std, ctx
 
     def _target(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """What the flow models: :math:`X_T - x_0` under a periodic symmetry, else
-        :math:`X_T` (a shift by x0 has unit Jacobian: densities are unchanged)."""
+        """What the flow models: :math:`X_T - x_0` under a periodic symmetry or with time
+        scaling, else :math:`X_T` (a shift by x0 has unit Jacobian: densities are unchanged)."""
         return y - x0 if self.displaces else y
 
     def _inputs(self, x0: ArrayLike, y: ArrayLike | None, cond: ArrayLike | None,
