@@ -118,6 +118,8 @@ def training_fingerprint(data: str, model: ModelConfig, training: TrainConfig,
                    model.model_dump(mode="json", exclude={"preset"}).items()})
     trained = training.model_dump(mode="json",
                                   exclude=set(COSMETIC_TRAINING_FIELDS | STOPPING_FIELDS))
+    if trained.get("memory_cap_mb", 0) is None:  # absent unless set: earlier runs' hashes hold
+        del trained["memory_cap_mb"]
     if training.lr_schedule == "cosine":  # T_max = total steps: the lr of every step
         length = "iterations" if training.iterations is not None else "epochs"
         trained[length] = getattr(training, length)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,9 +61,17 @@ from prnf_core.checkpoints import (
     weights_digest,
 )
 from prnf_core.dataset import Dataset, open_dataset
-from prnf_core.errors import ConfigError, PrnfError
+from prnf_core.errors import ConfigError, IncompleteDatasetError, PrnfError
 from prnf_core.models import atoms
 from prnf_core.models.base import ConditionalSampler, to_tensor
+from prnf_core.streaming import (
+    MB,
+    SPLIT_BLOCK,
+    ChunkStream,
+    Prepared,
+    RowLayout,
+    plan_stream,
+)
 from prnf_core.train_config import TRAIN_PRESETS, TrainConfig
 from prnf_core.trust import TrainingDomain
 
@@ -95,13 +103,12 @@ class FitResult:
     n_train: int = 0
     n_val: int = 0
     resumed_epochs: int = 0  # epochs taken over from the checkpoint (0: trained from scratch)
+    #: A run streamed under ``TrainConfig.memory_cap_mb`` (:mod:`prnf_core.streaming`): the
+    #: cap, the rows' size, the shuffle buffer's and validation rows, the peak data held (MB).
+    streamed: dict[str, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "history"}
-
-
-#: Rows per block of the validation split (:func:`split_indices`).
-SPLIT_BLOCK = 100
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -248,50 +255,35 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
         # the atoms the store's problem puts on X_T (a model built without its problem)
         model.config = model.config.model_copy(
             update={"clamp_bounds": atoms.of_problem(data.config.sde())})
-    arrays = _training_arrays(model, data)
-    x0_np, c_np, y_np = arrays if len(arrays) == 3 else (arrays[0], None, arrays[1])
-    model.training_domain = _training_domain(data, x0_np, config.seed)
-    device, dtype = model.device, model.dtype
-    data_dim = x0_np.shape[1] if x0_np.ndim == 2 else None
-    if data_dim != model.dim:
-        raise ConfigError(
-            f"data: the dataset has dimension {data_dim} but the model has dimension {model.dim}"
-        )
-    x0 = to_tensor(x0_np, "data.x0", model.dim, device, dtype)
-    y = to_tensor(y_np, "data.xT", model.dim, device, dtype)
-    if len(x0) != len(y):
-        raise ConfigError(f"data: x0 has {len(x0)} rows but xT has {len(y)}")
-    cond = None
-    if c_np is not None:
-        cond = to_tensor(c_np, "data.cond", model.config.cond_dim, device, dtype)
-        if len(cond) != len(x0):
-            raise ConfigError(f"data: x0 has {len(x0)} rows but cond has {len(cond)}")
-        if model.conditioning is not None:
-            try:
-                model.conditioning.check(np.asarray(c_np, dtype=np.float64).reshape(len(cond), -1))
-            except ConfigError as error:
-                raise ConfigError(f"data.cond: {error}") from None
-    train_idx, val_idx = split_indices(len(x0), config.val_fraction, config.split_seed)
-    if len(train_idx) == 0:
-        raise ConfigError("data: no training pairs left after the validation split")
-    x_tr, y_tr = x0[train_idx], y[train_idx]
-    x_va, y_va = (x0[val_idx], y[val_idx]) if len(val_idx) else (x_tr, y_tr)
-    c_tr = None if cond is None else cond[train_idx]
-    c_va = None if cond is None else (cond[val_idx] if len(val_idx) else c_tr)
+    device = model.device
+    stream = _stream(model, data, config)
+    if stream is None:
+        arrays = _training_arrays(model, data)
+        x_tr, y_tr, c_tr, x_va, y_va, c_va, n_val = _in_memory(model, data, arrays, config)
+        n_train, norm = len(x_tr), (x_tr, y_tr, c_tr)
+    else:
+        arrays = None
+        prepared = stream.prepare(config.seed)
+        model.training_domain = _streamed_domain(data, prepared, config.seed)
+        x_va, y_va, c_va = (None if a is None else a.to(device) for a in prepared.val)
+        n_train, norm = stream.plan.n_train, prepared.stats
+        n_val = stream.plan.val_rows if stream.plan.n_val_split else 0
+        del prepared
     bounds = model.atom_bounds
     if bounds is not None:  # the rows on a clamp bound, spread beyond it (models/atoms.py)
-        atom_width = atoms.WIDTH * y_tr.std(dim=0)
+        atom_width = atoms.WIDTH * norm[1].std(dim=0).to(device)
         y_va = atoms.dequantize(y_va, bounds, atom_width,
                                 torch.Generator().manual_seed(config.seed + 1))
 
     torch.manual_seed(config.seed)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     if not bool(model.fitted):
-        model.fit_normalization(x_tr, y_tr, c_tr)
+        model.fit_normalization(*norm)
+    del norm  # a streamed run's sample of training rows is not kept
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
-    batch = min(config.batch_size, len(x_tr))
-    steps_per_epoch = math.ceil(len(x_tr) / batch)
+    batch = min(config.batch_size, n_train)
+    steps_per_epoch = math.ceil(n_train / batch)
     if config.iterations is not None:
         epochs = math.ceil(config.iterations / steps_per_epoch)
         total_steps = config.iterations
@@ -302,7 +294,7 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
                      else model.training_loss)
     average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
 
-    result = FitResult(n_train=len(x_tr), n_val=len(val_idx))
+    result = FitResult(n_train=n_train, n_val=n_val)
     best_state = None
     start_epoch = 0
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
@@ -345,16 +337,18 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
             # Accumulated on the device: one host sync per epoch, not per step, on a GPU.
             sums = {k: torch.zeros((), device=device) for k in ("loss", "nll", "rev")}
             seen = 0
-            perm = torch.randperm(len(x_tr), generator=gen).to(device)
-            for b in range(steps_per_epoch):
+            if stream is None:
+                batches = _batches(x_tr, y_tr, c_tr, torch.randperm(len(x_tr), generator=gen)
+                                   .to(device), batch)
+            else:
+                batches = _to_device(stream.batches(epoch, config.seed), device)
+            for x_b, y_b, c_b in batches:
                 if result.steps >= total_steps:
                     break
-                idx = perm[b * batch:(b + 1) * batch]
-                y_b = y_tr[idx]
                 if bounds is not None:  # fresh spread at every step, reproducible on resume
                     y_b = atoms.dequantize(y_b, bounds, atom_width, torch.Generator().manual_seed(
                         config.seed * 1_000_003 + result.steps))
-                yn, ctx = model.normalize(x_tr[idx], y_b, None if c_tr is None else c_tr[idx])
+                yn, ctx = model.normalize(x_b, y_b, c_b)
                 loss, parts = training_loss(yn, ctx, config.lam)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(
@@ -371,7 +365,7 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
                 if average is not None:
                     average.update()
                 result.steps += 1
-                n = len(idx)
+                n = len(x_b)
                 seen += n
                 parts = {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
                 for key in sums:
@@ -419,7 +413,135 @@ def _fit(model: ConditionalSampler, data: Any, config: TrainConfig, callbacks: l
         model.load_state_dict(best_state)
     model.eval()
     result.seconds = time.perf_counter() - started
+    if stream is not None:
+        plan = stream.plan
+        result.streamed = {"memory_cap_mb": config.memory_cap_mb,
+                           "data_mb": plan.data_bytes / MB, "pool_rows": plan.pool_rows,
+                           "val_rows": plan.val_rows, "peak_mb": stream.peak_bytes / MB}
     return result
+
+
+def _in_memory(model: ConditionalSampler, data: Any, arrays: tuple[np.ndarray, ...],
+               config: TrainConfig):
+    """The training and validation tensors of data loaded whole (and the training domain):
+    ``(x_tr, y_tr, c_tr, x_va, y_va, c_va, n_val)``."""
+    x0_np, c_np, y_np = arrays if len(arrays) == 3 else (arrays[0], None, arrays[1])
+    model.training_domain = _training_domain(data, x0_np, config.seed)
+    device, dtype = model.device, model.dtype
+    data_dim = x0_np.shape[1] if x0_np.ndim == 2 else None
+    if data_dim != model.dim:
+        raise ConfigError(
+            f"data: the dataset has dimension {data_dim} but the model has dimension {model.dim}"
+        )
+    x0 = to_tensor(x0_np, "data.x0", model.dim, device, dtype)
+    y = to_tensor(y_np, "data.xT", model.dim, device, dtype)
+    if len(x0) != len(y):
+        raise ConfigError(f"data: x0 has {len(x0)} rows but xT has {len(y)}")
+    cond = None
+    if c_np is not None:
+        cond = to_tensor(c_np, "data.cond", model.config.cond_dim, device, dtype)
+        if len(cond) != len(x0):
+            raise ConfigError(f"data: x0 has {len(x0)} rows but cond has {len(cond)}")
+        if model.conditioning is not None:
+            try:
+                model.conditioning.check(np.asarray(c_np, dtype=np.float64).reshape(len(cond), -1))
+            except ConfigError as error:
+                raise ConfigError(f"data.cond: {error}") from None
+    train_idx, val_idx = split_indices(len(x0), config.val_fraction, config.split_seed)
+    if len(train_idx) == 0:
+        raise ConfigError("data: no training pairs left after the validation split")
+    x_tr, y_tr = x0[train_idx], y[train_idx]
+    x_va, y_va = (x0[val_idx], y[val_idx]) if len(val_idx) else (x_tr, y_tr)
+    c_tr = None if cond is None else cond[train_idx]
+    c_va = None if cond is None else (cond[val_idx] if len(val_idx) else c_tr)
+    return x_tr, y_tr, c_tr, x_va, y_va, c_va, len(val_idx)
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor | None, perm: torch.Tensor,
+             batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """An in-memory epoch's minibatches: the rows of ``perm`` in slices of ``batch``."""
+    for start in range(0, len(perm), batch):
+        idx = perm[start:start + batch]
+        yield x[idx], y[idx], None if c is None else c[idx]
+
+
+def _to_device(batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+               device: torch.device):
+    for x, y, c in batches:
+        yield x.to(device), y.to(device), None if c is None else c.to(device)
+
+
+def _stream(model: ConditionalSampler, data: Any, config: TrainConfig) -> ChunkStream | None:
+    """The chunk stream of a store whose rows exceed ``config.memory_cap_mb``; None when the
+    data are loaded whole (no cap, raw arrays, or rows that fit: the path without a cap)."""
+    if config.memory_cap_mb is None or not isinstance(data, Dataset):
+        return None
+    if data.dim != model.dim:
+        raise ConfigError(
+            f"data: the dataset has dimension {data.dim} but the model has dimension {model.dim}"
+        )
+    k = model.config.cond_dim
+    layout = _dataset_layout(model, data)
+    plan = plan_stream(data, layout, k, model.dtype, config.memory_cap_mb, config.batch_size,
+                       config.val_fraction, config.split_seed)
+    if not plan.streams:
+        return None
+    missing = data.missing_chunks()
+    if missing or not data.is_complete:
+        raise IncompleteDatasetError(
+            f"dataset {data.path} is incomplete: {len(missing)} of {data.config.n_chunks} "
+            f"chunks missing (first: {missing[:5]}); re-run the simulation to fill them")
+    if plan.n_train == 0:
+        raise ConfigError("data: no training pairs left after the validation split")
+    conditioning = model.conditioning
+
+    def check(x0: np.ndarray, y: np.ndarray, cond: np.ndarray | None) -> None:
+        for name, rows in (("data.x0", x0), ("data.xT", y), ("data.cond", cond)):
+            if rows is not None and not np.isfinite(rows).all():
+                raise ConfigError(f"{name}: contains NaN or inf")
+        if cond is not None and cond.shape[1] != k:
+            raise ConfigError(f"data.cond: must have shape (n, {k}), got {cond.shape}")
+        if cond is not None and conditioning is not None:
+            try:
+                conditioning.check(cond.astype(np.float64))
+            except ConfigError as error:
+                raise ConfigError(f"data.cond: {error}") from None
+
+    return ChunkStream(plan, model.dtype, check)
+
+
+def _dataset_layout(model: ConditionalSampler, data: Dataset) -> RowLayout:
+    """The rows a model trains on from a store, checked as :func:`_training_arrays` checks the
+    loaded arrays (without loading them)."""
+    if not model.config.cond_dim:
+        if getattr(data.config, "param_box", None):
+            raise ConfigError(
+                "model.cond_dim: the dataset varies SDE parameters (param_box) but the model "
+                "has cond_dim=0 (no conditioning); give the model a conditioning")
+        return RowLayout(conditioned=False)
+    config = data.config
+    if not (config.save_times or getattr(config, "param_box", None)):
+        raise ConfigError(
+            "data: a conditioned model trains on a dataset simulated with save_times and/or a "
+            "param_box (rows at several times or parameters); this one has neither")
+    names, boxed = ["t", *data.param_names], model.conditioning
+    if boxed is not None and names != boxed.names:
+        if names[1:] == boxed.names and not config.save_times:
+            return RowLayout(conditioned=True, drop_t=True)
+        raise ConfigError(
+            f"model.conditioning: the model is conditioned on {boxed.names} but the "
+            f"dataset's condition columns are {names}")
+    return RowLayout(conditioned=True)
+
+
+def _streamed_domain(data: Dataset, prepared: Prepared, seed: int) -> TrainingDomain:
+    """The training domain of a streamed store: fitted on a sample of its x0 (as
+    :meth:`TrainingDomain.of_training` subsamples anyway), its box widened to the exact range of
+    every x0 where the initial law gives none (a law's own bounds contain every row)."""
+    domain = TrainingDomain.of_training(prepared.x0_sample, data.config.initial_spec(), seed)
+    return domain.model_copy(update={
+        "low": np.minimum(domain.low, prepared.x0_min).tolist(),
+        "high": np.maximum(domain.high, prepared.x0_max).tolist()})
 
 
 def _training_domain(data: Any, x0: np.ndarray, seed: int) -> TrainingDomain | None:

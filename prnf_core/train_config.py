@@ -70,6 +70,17 @@ class TrainConfig(BaseModel):
         description="Torch CPU threads while training (None: torch's default). One thread is "
                     "fastest for CPU-sized models (benchmarks/README.md, bench_model.py).",
     )
+    memory_cap_mb: float | None = Field(
+        None, gt=0,
+        description="Training from a dataset store: the memory (MB, 10^6 bytes) its rows may "
+                    "take. None: they are loaded whole. When the rows (training and validation, "
+                    "in the model's dtype) exceed the cap, training streams them chunk by chunk "
+                    "through a shuffle buffer that stays under it (prnf_core/streaming.py): "
+                    "the normalization is then fitted on a bounded sample of the training rows "
+                    "and validation uses a bounded share of the validation rows. A cap the "
+                    "rows fit in trains exactly as without one. Refused, naming the minimum, "
+                    "when it cannot hold one chunk plus a batch.",
+    )
     torch_compile: bool = Field(
         False,
         description="Compile the training loss with torch.compile (any batch size, one "
