@@ -338,6 +338,79 @@ def inverse(
     show.inverted(sup.run_flow(inverse_flow, params, bad_input=(PrnfError, OSError)))
 
 
+# --------------------------------------------------------------------------------------------
+# prnf services: the production profile (flows/services/)
+
+services_app = typer.Typer(
+    help="The production profile on 127.0.0.1: PostgreSQL, SeaweedFS S3, Prefect and MLflow "
+         "servers, a Dask cluster (`up`, `status`, `down`, `env`).",
+    no_args_is_help=True)
+app.add_typer(services_app, name="services")
+
+
+def _port_help(field: str) -> str:
+    from flows.services.config import ServicesConfig
+
+    return ServicesConfig.model_fields[field].description or ""
+
+
+def _print_env(values: dict[str, str]) -> None:
+    from flows.services.manager import export_lines
+
+    typer.echo(export_lines(values), nl=False)
+
+
+@services_app.command("up")
+def services_up(
+    postgres_port: Annotated[int | None, Opt(help=_port_help("postgres_port"))] = None,
+    s3_port: Annotated[int | None, Opt(help=_port_help("s3_port"))] = None,
+    prefect_port: Annotated[int | None, Opt(help=_port_help("prefect_port"))] = None,
+    mlflow_port: Annotated[int | None, Opt(help=_port_help("mlflow_port"))] = None,
+    dask_port: Annotated[int | None, Opt(help=_port_help("dask_port"))] = None,
+    dask_workers: Annotated[int | None, Opt(help=_port_help("dask_workers"))] = None,
+    set_: Annotated[list[str] | None, Opt(
+        "--set", help="Any other setting, KEY=VALUE (repeatable), e.g. weed_filer_port=8889, "
+                      "dask_dashboard_port=8790, health_timeout=300.")] = None,
+) -> None:
+    """Bring the profile up (idempotent: running healthy servers are left alone) and print
+    the environment to export: `eval "$(prnf services up)"`. Progress goes to stderr."""
+    from flows.services.manager import up
+
+    given = {"postgres_port": postgres_port, "s3_port": s3_port, "prefect_port": prefect_port,
+             "mlflow_port": mlflow_port, "dask_port": dask_port, "dask_workers": dask_workers}
+    options = {**parse_assignments(set_), **{k: v for k, v in given.items() if v is not None}}
+    _print_env(up(options, echo=lambda line: sup.console.print(line, highlight=False)))
+
+
+@services_app.command("status")
+def services_status() -> None:
+    """Each server: healthy / running (not healthy) / stopped, its port and pid. Exit 1 if
+    any is not healthy."""
+    from flows.services.manager import status
+
+    rows = status()
+    for row in rows:
+        typer.echo(row.line())
+    if any(row.state != "healthy" for row in rows):
+        raise typer.Exit(1)
+
+
+@services_app.command("down")
+def services_down() -> None:
+    """Stop every server of the profile; fails naming any process that survived."""
+    from flows.services.manager import down
+
+    down(echo=lambda line: sup.console.print(line, highlight=False))
+
+
+@services_app.command("env")
+def services_env() -> None:
+    """Print the profile's environment as `export K=V` lines: `eval "$(prnf services env)"`."""
+    from flows.services.manager import env
+
+    _print_env(env())
+
+
 @app.command()
 def run() -> None:
     """The main job on embedded defaults: the whole pipeline on the 2-D OU problem."""
