@@ -31,7 +31,7 @@ from flows.config import PipelineParams, condition_label
 from flows.train import TrainParams, default_model_dir
 from prnf_core.dataset import open_dataset
 from prnf_core.models import Conditioning, load_metadata
-from prnf_core.paths import data_root
+from prnf_core.paths import data_root, is_url
 from prnf_core.train import TrainConfig
 from prnf_core.validation import metric_key
 from prnf_core.verdict import Fingerprint
@@ -350,7 +350,8 @@ def _score(params: PipelineParams, laws: dict, box: Conditioning | None, mc_seed
         **({"conditions": conditions} if conditions else {}))
     ids = {f"test_set.{metric_key(k)}": open_dataset(p).dataset_id
            for k, p in test_sets.items()}
-    return validation, ids, {str(Path(p).resolve()) for p in test_sets.values()}
+    return validation, ids, {p if is_url(p) else str(Path(p).resolve())
+                             for p in test_sets.values()}
 
 
 def model_box(meta: dict[str, Any]) -> Conditioning | None:

@@ -9,7 +9,6 @@ the store's writer lock (:mod:`prnf_core.integrity`).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -17,6 +16,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prnf_core.cluster import ExecutionConfig, dask_client
+from prnf_core.objectstore import store_exists
 from prnf_core.paths import resolve_path
 from prnf_core.runner import repair_dataset
 from tasks.progress import Reporter
@@ -27,8 +27,9 @@ class RepairParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    store: str = Field(description="Dataset store to verify and repair (a relative path is "
-                                   "taken under the data root and may not leave it).")
+    store: str = Field(description="Dataset store to verify and repair, a path or an s3:// URL "
+                                   "(a relative path is taken under the data root and may not "
+                                   "leave it).")
     execution: ExecutionConfig = Field(
         default_factory=lambda: ExecutionConfig(workers=0),
         description="Dask workers for the re-simulation (default: in-process; damage is "
@@ -41,8 +42,8 @@ class RepairParams(BaseModel):
     @field_validator("store")
     @classmethod
     def _existing_store(cls, value: str) -> str:
-        path = resolve_path(value, "store")
-        if not Path(path).exists():  # before any flow run starts
+        path = resolve_path(value, "store", dataset_store=True)
+        if not store_exists(path):  # before any flow run starts (checks object-store access)
             raise ValueError(f"no dataset at {path}")
         return path
 

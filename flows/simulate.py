@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prnf_core.cluster import ExecutionConfig
 from prnf_core.dataset import DatasetConfig
-from prnf_core.paths import DataPath
+from prnf_core.paths import DatasetPath
 from tasks.simulate import prepare_dataset, simulate_chunks
 
 
@@ -19,8 +19,10 @@ class SimulateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: DatasetConfig = Field(description="What to simulate: problem, x0 law, sizes, seed.")
-    output: DataPath | None = Field(
-        None, description="Store path; default: <data root>/datasets/<problem>-<dataset id>.zarr. "
+    output: DatasetPath | None = Field(
+        None, description="Store path or s3://bucket/prefix/name.zarr URL; default: "
+                          "<dataset root>/<problem>-<dataset id>.zarr, the dataset root being "
+                          "$PRNF_DATASET_ROOT or <data root>/datasets. "
                           "A relative path is taken under the data root and may not leave it.",
     )
     execution: ExecutionConfig = Field(

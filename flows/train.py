@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prnf_core.dataset import open_dataset
 from prnf_core.models import ModelConfig
-from prnf_core.paths import DataPath, data_root
+from prnf_core.paths import DataPath, DatasetPath, data_root
 from prnf_core.train import TrainConfig
 from tasks.train import train_model
 
@@ -21,8 +21,9 @@ class TrainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: DataPath = Field(description="Path of a complete dataset store (from the simulate flow); "
-                                  "a relative path is taken under the data root.")
+    data: DatasetPath = Field(description="Path (or s3:// URL) of a complete dataset store (from "
+                                     "the simulate flow); a relative path is taken under the "
+                                     "data root.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Architecture and size.")
     training: TrainConfig = Field(default_factory=TrainConfig, description="Optimization.")
     output: DataPath | None = Field(

@@ -64,6 +64,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
+from prnf_core import objectstore
 from prnf_core._version import __version__
 from prnf_core.dataset_config import (
     DatasetConfig,
@@ -309,7 +310,8 @@ def _compressor() -> BloscCodec:
 
 
 def _open_group(path: str | Path, mode: str) -> zarr.Group:
-    return zarr.open_group(str(path), mode=mode, zarr_format=3)
+    """A local path opens a ``LocalStore``, an ``s3://`` URL an ``FsspecStore`` (objectstore)."""
+    return objectstore.open_group(path, mode)
 
 
 def create_dataset(config: DatasetConfig, path: str | Path, role: str | None = None) -> Dataset:
@@ -506,13 +508,14 @@ def _create_store(config: DatasetConfig, path: str, role: str | None) -> Dataset
 
 
 def _existing_group(path: str) -> zarr.Group | None:
-    p = Path(path)
-    if not p.exists():
+    if not objectstore.store_exists(path):
         return None
     try:
         group = _open_group(path, "r+")
+    except objectstore.ObjectStoreError:
+        raise
     except Exception:
-        if p.is_dir() and not any(p.iterdir()):
+        if objectstore.store_is_empty(path):
             return None
         raise DatasetMismatchError(
             f"output: {path} exists and is not a Zarr group; refusing to overwrite it"
@@ -575,7 +578,7 @@ def _check_fields(dataset: Dataset, config: DatasetConfig, stored: dict[str, Any
 def open_dataset(path: str | Path) -> Dataset:
     """Open an existing dataset store (read and append)."""
     path = str(path)
-    if not Path(path).exists():
+    if not objectstore.store_exists(path):
         raise FileNotFoundError(f"no dataset at {path}")
     group = _existing_group(path)
     if group is None:

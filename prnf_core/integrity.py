@@ -15,10 +15,13 @@ Stores written before checksums existed (no ``*_checksum`` arrays) still read: t
 are only checked to decode and hold finite values (a deleted chunk file reads as NaN, which
 ``write_chunk`` never stores). The next run that writes such a store records their checksums.
 
-Lock. A writer holds an exclusive ``flock`` on ``<store>.lock`` beside the store (not inside it:
-Zarr warns about unknown files in a group, and the lock must exist before the store does). The
-kernel drops the lock when its holder dies, even by SIGKILL, so a crashed run never blocks the
-next one; the holder's pid, host and start time in the file are only for the error message.
+Lock. A writer of a local store holds an exclusive ``flock`` on ``<store>.lock`` beside the store
+(not inside it: Zarr warns about unknown files in a group, and the lock must exist before the
+store does). The kernel drops the lock when its holder dies, even by SIGKILL, so a crashed run
+never blocks the next one; the holder's pid, host and start time in the file are only for the
+error message. A store on object storage (``s3://...``) has no ``flock``: its lock is the object
+``<store>.lock``, created with a conditional put and held as a lease renewed by a heartbeat, so
+a killed holder's lock expires after its TTL (:mod:`prnf_core.objectstore`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import numpy as np
 import zarr
 
 from prnf_core.errors import StoreLockedError
+from prnf_core.objectstore import is_remote, s3_lock
 
 DATA_ARRAYS = ("x0", "xT", "snapshots", "theta")
 NOT_RECORDED = 0
@@ -160,7 +164,7 @@ def lock_path(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def store_lock(path: str | Path, timeout: float = 0.0) -> Iterator[Path]:
+def store_lock(path: str | Path, timeout: float = 0.0) -> Iterator[Path | str]:
     """Hold the exclusive writer lock of the store at ``path`` for the ``with`` block.
 
     Another holder makes this wait up to ``timeout`` seconds, then raise
@@ -168,8 +172,13 @@ def store_lock(path: str | Path, timeout: float = 0.0) -> Iterator[Path]:
     time). The default, 0, refuses at once: a second writer of one store is almost always the
     same command started twice, and it has nothing to add (chunks are deterministic), so an
     immediate, explicit refusal is more useful than a silent wait; callers that share stores on
-    purpose pass a timeout. The lock file is removed on release.
+    purpose pass a timeout. The lock file is removed on release. A store on object storage is
+    locked by a lease object instead (:func:`prnf_core.objectstore.s3_lock`; yields its URL).
     """
+    if is_remote(path):
+        with s3_lock(str(path), timeout=timeout) as url:
+            yield url
+        return
     lock = lock_path(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = _acquire(lock, str(path), timeout)

@@ -36,7 +36,7 @@ from prnf_core.dataset import (
     simulate_and_write_chunk,
 )
 from prnf_core.integrity import audit, store_lock
-from prnf_core.paths import is_url, resolve_path
+from prnf_core.objectstore import check_access, check_url, is_remote
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +95,13 @@ def run_dataset(
         StoreLockedError: another run holds the store's writer lock.
         DatasetMismatchError: ``path`` holds another dataset, or one made with another noise
             generator; nothing is written.
-        ConfigError: ``path`` is a URL (object stores are not supported yet).
+        ObjectStoreError: ``path`` is a URL of another scheme than ``s3://``, or malformed, or
+            its object storage cannot be used (credentials, bucket, endpoint): a ConfigError.
     """
     started = time.perf_counter()
-    if is_url(str(path)):  # a local filesystem would make a folder "./s3:" of "s3://..."
-        resolve_path(path, "output")  # raises the ConfigError for URLs
+    if is_remote(path):  # s3://bucket/prefix: checked (scheme, bucket, access) before any work
+        path = check_url(str(path), "output")
+        check_access(path)
     config = config.on_device(device)
     with store_lock(path, timeout=lock_timeout):
         dataset = create_dataset(config, path, role=role)

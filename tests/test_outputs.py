@@ -98,16 +98,19 @@ def test_reproduce_writes_under_the_data_root_by_default(tmp_path, monkeypatch):
     assert committed.command_line().endswith("--output docs/results")
 
 
-def test_simulate_refuses_an_object_store_url(tmp_path, monkeypatch):
+def test_simulate_refuses_an_unknown_url_scheme(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PRNF_DATA_ROOT", str(tmp_path / "data"))
     result = CliRunner().invoke(app, ["simulate", "--problem", "bm1d", "-n", "20",
                                       "--chunk-size", "10", "--workers", "0",
-                                      "--out", "s3://bucket/x.zarr"])
+                                      "--out", "gs://bucket/x.zarr"])
     assert result.exit_code == 2, result.output
-    assert ("output: object-store URLs (s3://...) are not supported yet; give a local path"
-            in " ".join(result.output.split()))
-    with pytest.raises(ConfigError, match=r"output: object-store URLs \(s3://"):
+    assert "output: unsupported URL scheme gs://" in " ".join(result.output.split())
+    # s3:// is a dataset store on object storage: here, one that cannot be reached
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    with pytest.raises(ConfigError, match=r"object storage at http://127.0.0.1:9 is unreachable"):
         run_dataset(DatasetConfig(problem="bm1d", n_particles=20), "s3://bucket/x.zarr")
     assert not list(tmp_path.rglob("s3:*"))
     assert not (tmp_path / "data").exists()

@@ -219,9 +219,11 @@ def test_absolute_paths_and_urls_are_used_as_given(root, tmp_path):
     assert resolve_path(elsewhere, "output") == elsewhere
     for url in ("models:/prnf-ou@champion", "runs:/abc/model"):
         assert resolve_path(url, "model", allow_urls=True) == url
-    with pytest.raises(ConfigError, match=r"output: object-store URLs \(s3://\.\.\.\) are not "
-                                          "supported yet; give a local path"):
-        resolve_path("s3://bucket/x.zarr", "output")
+    with pytest.raises(ConfigError, match=r"out: URLs \(s3://\.\.\.\) are not accepted here: "
+                                          "give a local path"):
+        resolve_path("s3://bucket/x.zarr", "out")
+    # dataset stores may live on object storage (prnf_core.objectstore)
+    assert resolve_path("s3://bucket/x.zarr/", "output", dataset_store=True) == "s3://bucket/x.zarr"
     assert _params("sample.model", "models:/prnf-ou@champion").model == "models:/prnf-ou@champion"
     assert data_root() == root.resolve()
 
