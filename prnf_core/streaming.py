@@ -221,11 +221,16 @@ def plan_stream(dataset: Dataset, layout: RowLayout, cond_dim: int, dtype: torch
             f"training.memory_cap_mb: {cap_mb:g} MB cannot hold the shuffle buffer of one chunk "
             f"({largest * k} rows, {largest * k * row_bytes / MB:.3g} MB) plus a batch "
             f"({plan.batch} rows) next to the read of a chunk and the validation rows; the "
-            f"minimum for this dataset and batch_size is {math.ceil(minimum / MB * 100) / 100:g}"
-            " MB (or train with a smaller batch_size, on a store of smaller chunks, or without a "
-            "cap)")
+            f"minimum for this dataset and batch_size is {_round_up(minimum / MB):g} MB (or "
+            "train with a smaller batch_size, on a store of smaller chunks, or without a cap)")
     plan.val_rows = val_rows
     return plan
+
+
+def _round_up(value: float) -> float:
+    """``value`` rounded up to 3 significant digits (a minimum that is enough as printed)."""
+    step = 10.0 ** (math.floor(math.log10(value)) - 2)
+    return round(math.ceil(value / step) * step, 12)
 
 
 @dataclass
