@@ -221,12 +221,16 @@ class Service:
 
     def _members(self) -> set[int]:
         """The group's live members; for a re-attached service only those started no earlier
-        than its leader (a group id outlives its leader while members remain, and is never
-        handed out as a pid meanwhile, but a later group could reuse it once all are gone)."""
-        members = group_members(self.pgid)
+        than its leader, and none if its pid now belongs to another process (a group id
+        outlives its leader while members remain and is not handed out as a pid meanwhile)."""
         if self.proc is None and self.started is not None:
-            members = {p for p in members if (create_time(p) or 0) >= self.started - 1.0}
-        return members
+            if alive(self.pid) and not same_process(self.pid, self.started):
+                # the pid was handed out again, so the old group was gone by then: this is
+                # someone else's process (and group)
+                return set()
+            return {p for p in group_members(self.pgid)
+                    if (create_time(p) or 0) >= self.started - 1.0}
+        return group_members(self.pgid)
 
     def _signal_group(self, sig: int) -> None:
         if not self._members():
