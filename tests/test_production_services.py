@@ -175,6 +175,7 @@ class Profile:
         self.root, self.env, self.up, self.up_seconds = root, env, up, seconds
         self.services = root / "data" / "services"
         self.exports = parse_exports(up.stdout)
+        self.down = False
 
     def state(self) -> dict:
         return json.loads((self.services / "state.json").read_text())
@@ -222,15 +223,27 @@ def profile():
               f"{prof.state()['up_seconds']} s (servers)")
         yield prof
     finally:
-        down = prnf(env, "down")
-        assert down.returncode == 0, output_tail(down)
+        if not prof.down:  # the last test failed or did not run
+            down = prnf(env, "down")
+            assert down.returncode == 0, output_tail(down)
         shutil.rmtree(root, ignore_errors=True)
 
 
+def invoke(profile: Profile, monkeypatch, *args: str):
+    """``prnf services ARGS`` in this process (the CLI's start-up, importing torch, costs
+    several seconds a command on a loaded machine); ``up`` and ``down`` run as commands."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("PRNF_DATA_ROOT", str(profile.root / "data"))
+    return CliRunner().invoke(app, ["services", *args])
+
+
 @production
-def test_status_reports_every_server_healthy(profile):
-    done = prnf(profile.env, "status")
-    assert done.returncode == 0, output_tail(done)
+def test_status_reports_every_server_healthy(profile, monkeypatch):
+    done = invoke(profile, monkeypatch, "status")
+    assert done.exit_code == 0, done.output
     rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()}
     assert set(rows) == set(NAMES), done.stdout
     assert all(row[1] == "healthy" for row in rows.values()), done.stdout
@@ -238,6 +251,8 @@ def test_status_reports_every_server_healthy(profile):
     assert rows["prefect"][3] == str(state["config"]["prefect_port"])
     for name in NAMES:
         assert rows[name][5] == str(state["services"][name]["pid"])
+    # `prnf services env` prints what `up` printed
+    assert parse_exports(invoke(profile, monkeypatch, "env").stdout) == profile.exports
 
 
 @production
@@ -334,20 +349,20 @@ def test_dask_runs_on_two_worker_processes_with_the_profile_environment(profile)
 
 
 @production
-def test_up_again_leaves_the_running_servers_alone(profile):
+def test_up_again_leaves_the_running_servers_alone(profile, monkeypatch):
     before = {n: r["pid"] for n, r in profile.state()["services"].items()}
-    again = prnf(profile.env, "up", timeout=120)
-    assert again.returncode == 0, output_tail(again)
+    again = invoke(profile, monkeypatch, "up")
+    assert again.exit_code == 0, again.output
     assert "all were running" in again.stderr and "started " not in again.stderr
     assert parse_exports(again.stdout) == profile.exports
     assert {n: r["pid"] for n, r in profile.state()["services"].items()} == before
     # an option contradicting the running profile is refused (down first)
-    clash = prnf(profile.env, "up", "--dask-workers", "3", timeout=120)
-    assert clash.returncode == 2 and "dask_workers=2" in clash.stderr, output_tail(clash)
+    clash = invoke(profile, monkeypatch, "up", "--dask-workers", "3")
+    assert clash.exit_code == 2 and "dask_workers=2" in clash.stderr, clash.output
 
 
 @production
-def test_down_leaves_no_process_behind(profile):
+def test_down_leaves_no_process_behind(profile, monkeypatch):
     records = profile.state()["services"]
     assert set(records) == set(NAMES)
     done = prnf(profile.env, "down")
@@ -371,6 +386,7 @@ def test_down_leaves_no_process_behind(profile):
             break
         time.sleep(0.5)
     assert not left, left
-    status = prnf(profile.env, "status")
-    assert status.returncode == 1
+    profile.down = True
+    status = invoke(profile, monkeypatch, "status")
+    assert status.exit_code == 1
     assert all(line.split()[1] == "stopped" for line in status.stdout.splitlines())

@@ -27,7 +27,7 @@ from prnf_core.paths import atomic_path
 
 # Seconds a server may take to stop on SIGTERM before its group is killed (SeaweedFS needs
 # more than 15 s to stop on SIGTERM; its data is written through, so it is not waited for long).
-GRACE = {"seaweedfs": 8.0, "dask-worker": 15.0}
+GRACE = {"seaweedfs": 5.0, "dask-worker": 15.0}
 DEFAULT_GRACE = 20.0
 
 
@@ -161,8 +161,10 @@ def up(options: dict[str, Any] | None = None, echo=print) -> dict[str, str]:
             note(f"{name} healthy after {seconds:.1f} s")
 
     try:
-        launch("seaweedfs")
-        # PostgreSQL meanwhile (pg_ctl waits for it)
+        # SeaweedFS and Dask need nothing else: started first, they come up while PostgreSQL
+        # is prepared (pg_ctl waits for it) and Prefect and MLflow start on it
+        for name in ("seaweedfs", "dask-scheduler", "dask-worker"):
+            launch(name)
         data, pg_log = layout.postgres, layout.log("postgres")
         if _running(records.get("postgres")) and stack.healthy("postgres", config, creds):
             pass
@@ -184,12 +186,12 @@ def up(options: dict[str, Any] | None = None, echo=print) -> dict[str, str]:
             else:
                 record("postgres", pid, config.postgres_port)
             postgres.provision(data, config.postgres_port, creds)
+        for name in ("prefect", "mlflow"):
+            launch(name)
         wait("seaweedfs", lambda: stack.http_ok(
             f"http://127.0.0.1:{config.s3_port}/healthz"), "S3 /healthz", say=False)
         wait("seaweedfs", lambda: stack.create_buckets(config, creds) or True, "bucket creation")
-        for name in ("prefect", "mlflow", "dask-scheduler", "dask-worker"):
-            launch(name)
-        for name in ("prefect", "mlflow", "dask-scheduler", "dask-worker"):
+        for name in ("dask-scheduler", "dask-worker", "mlflow", "prefect"):
             wait(name)
     except BaseException as exc:
         leftovers = _stop(layout, state, [n for n in reversed(stack.SERVICES) if n in started])
@@ -204,12 +206,21 @@ def up(options: dict[str, Any] | None = None, echo=print) -> dict[str, str]:
     return stack.client_env(config, creds, layout)
 
 
-def _stop(layout: Layout, state: dict[str, Any], names: list[str]) -> list[str]:
-    """Stop ``names`` (in that order); return descriptions of surviving processes."""
-    leftovers: list[str] = []
+# Stopped in two waves, the servers of a wave at once: the users of the others first.
+WAVES = (("dask-worker", "mlflow", "prefect"), ("dask-scheduler", "seaweedfs", "postgres"))
+
+
+def _stop(layout: Layout, state: dict[str, Any], names: list[str], echo=None) -> list[str]:
+    """Stop ``names`` (wave by wave, see ``WAVES``); return descriptions of surviving
+    processes."""
+    from concurrent.futures import ThreadPoolExecutor
+
     records = state.get("services", {})
-    for name in names:
+
+    def stop_one(name: str) -> list[str]:
+        leftovers = []
         rec = records.get(name)
+        began = time.monotonic()
         if name == "postgres":
             try:
                 postgres.stop(layout.postgres)
@@ -218,7 +229,17 @@ def _stop(layout: Layout, state: dict[str, Any], names: list[str]) -> list[str]:
         if rec:
             svc = Service.attach(name, rec["pid"], rec.get("started"), layout.log(name))
             leftovers += svc.stop(grace=GRACE.get(name, DEFAULT_GRACE))
-            records.pop(name, None)
+        if echo is not None and (rec or name == "postgres"):
+            echo(f"stopped {name} in {time.monotonic() - began:.1f} s")
+        return leftovers
+
+    leftovers: list[str] = []
+    for wave in WAVES:
+        now = [n for n in wave if n in names]
+        with ThreadPoolExecutor(max_workers=max(1, len(now))) as pool:
+            for name, left in zip(now, pool.map(stop_one, now), strict=True):
+                leftovers += left
+                records.pop(name, None)
         write_state(layout, state)
     return leftovers
 
@@ -237,7 +258,7 @@ def down(echo=print) -> None:
         echo("services: nothing is running")
         return
     began = time.monotonic()
-    leftovers = _stop(layout, state, names)
+    leftovers = _stop(layout, state, names, echo)
     if leftovers:
         raise ServiceError("services: still running after down: " + "; ".join(leftovers))
     echo(f"services down in {time.monotonic() - began:.1f} s")
