@@ -613,7 +613,7 @@ def simulate_and_write_chunk(path: str, index: int, device: str | None = None,
     if torch_threads:
         torch.set_num_threads(torch_threads)
     dataset = open_dataset(path)
-    if dataset.done_mask()[index]:
+    if dataset.group["chunk_done"][index]:  # one entry: one object read on object storage
         return {"chunk": index, "skipped": True, "seconds": 0.0, "n": 0}
     started = time.perf_counter()
     config = dataset.config

@@ -30,6 +30,7 @@ from prnf_core import objectstore
 from prnf_core.dataset import (
     DatasetConfig,
     create_dataset,
+    grow_dataset,
     open_dataset,
     simulate_and_write_chunk,
 )
@@ -145,7 +146,7 @@ def start_weed(folder: Path, timeout: float = 60.0) -> tuple[subprocess.Popen, s
            f"-filer.port={filer}", f"-filer.port.grpc={grpc[2]}",
            "-s3", f"-s3.port={s3}", f"-s3.port.grpc={grpc[3]}", f"-s3.config={folder / 's3.json'}",
            "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
-           "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=4",
+           "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=0",
            "-volume.preStopSeconds=0"]
     log = (folder / "weed.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -288,6 +289,22 @@ def test_corrupt_chunk_object_is_found_and_repaired(s3, tmp_path):
     assert summary.chunks_repaired == 1 and summary.corruption[0].startswith("chunk 1: xT")
     assert open_dataset(url).verify() == []
     assert_same_store(open_dataset(url), open_dataset(run_dataset(config, tmp_path / "b.zarr")
+                                                     .path))
+
+
+def test_family_store_grows_on_s3_under_the_dataset_root(s3, tmp_path, monkeypatch):
+    _, prefix = s3
+    monkeypatch.setenv("PRNF_DATASET_ROOT", prefix)
+    small, large = small_config(), small_config(n_particles=900)  # 4 -> 6 chunks of 150
+    url = default_family_path("ou", small.on_device(None).family_id())
+    assert url == f"{prefix}/ou-family-{small.on_device(None).family_id()}.zarr"
+    grow_dataset(small, url)
+    assert run_dataset(small, url).complete
+    grown = grow_dataset(large, url)
+    assert grown.missing_chunks() == [4, 5]
+    assert grown.dataset_id == large.on_device(None).dataset_id()
+    assert run_dataset(large, url).chunks_simulated == 2
+    assert_same_store(open_dataset(url), open_dataset(run_dataset(large, tmp_path / "g.zarr")
                                                      .path))
 
 
