@@ -337,7 +337,8 @@ def test_dask_runs_on_two_worker_processes_with_the_profile_environment(profile)
         import prnf_core  # the project is importable on the workers
 
         return (os.getpid(), os.environ.get("AWS_ENDPOINT_URL"),
-                os.environ.get("PREFECT_API_URL"), prnf_core.__version__)
+                os.environ.get("PREFECT_API_URL"), prnf_core.__version__,
+                os.environ.get("MALLOC_TRIM_THRESHOLD_"))
 
     with Client(profile.exports["PRNF_DASK_ADDRESS"], timeout=30) as client:
         answers = client.run(probe)
@@ -346,6 +347,7 @@ def test_dask_runs_on_two_worker_processes_with_the_profile_environment(profile)
     assert len(pids) == 2
     assert all(a[1] == profile.exports["AWS_ENDPOINT_URL"] for a in answers.values())
     assert all(a[2] == profile.exports["PREFECT_API_URL"] for a in answers.values())
+    assert all(a[4] is None for a in answers.values())  # Dask's malloc setting dropped
 
 
 @production

@@ -121,6 +121,7 @@ def up(options: dict[str, Any] | None = None, echo=print) -> dict[str, str]:
     _prepare_dirs(layout)
     creds = load_or_create(layout.credentials)
     stack.write_s3_identities(layout, creds)
+    stack.write_dask_config(layout)
     state = read_state(layout)
     state["config"] = config.model_dump()
     records: dict[str, Any] = state.setdefault("services", {})
