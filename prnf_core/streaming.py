@@ -30,10 +30,12 @@ streams them through this module instead:
   as in memory. Deterministic given the seed (and the cap, which sets the pool's size).
 
 Memory. The cap bounds what the data take: the validation rows, the pool, the read of one
-chunk (its raw arrays and their rows; :func:`chunk_read_bytes`) and the batch drawn from it.
-:attr:`ChunkStream.peak_bytes` records the largest sum of these that was held, measured from
-the arrays' sizes. A cap that cannot hold one chunk plus a batch in the pool is refused
-(:class:`~prnf_core.errors.ConfigError`, naming ``training.memory_cap_mb`` and the minimum).
+chunk (its raw arrays and their rows; :func:`chunk_read_bytes`) and the batches drawn from it
+take at most ``1 - HEADROOM`` of it, the rest is left to what this count does not see
+(:data:`HEADROOM`). :attr:`ChunkStream.peak_bytes` records the largest sum of these that was
+held, measured from the arrays' sizes. A cap that cannot hold one chunk plus a batch in the
+pool is refused (:class:`~prnf_core.errors.ConfigError`, naming ``training.memory_cap_mb`` and
+the minimum).
 The model, the optimizer and the activations of a step come on top.
 """
 
@@ -49,7 +51,7 @@ import torch
 from prnf_core.dataset import Dataset, read_verified_chunk
 from prnf_core.errors import ConfigError
 
-__all__ = ["DOMAIN_ROWS", "MB", "SPLIT_BLOCK", "STATS_ROWS", "VAL_SHARE", "ChunkStream",
+__all__ = ["DOMAIN_ROWS", "HEADROOM", "MB", "SPLIT_BLOCK", "STATS_ROWS", "VAL_SHARE", "ChunkStream",
            "Prepared", "RowLayout", "StreamPlan", "chunk_read_bytes", "plan_stream",
            "split_mask"]
 
@@ -61,6 +63,12 @@ MB = 1_000_000
 
 #: Share of the cap the validation rows may take.
 VAL_SHARE = 0.25
+
+#: Share of the cap left to what the count of held bytes does not see: the decoder's buffers,
+#: index arrays, copies made while a chunk enters the pool, the allocator's slack. Measured
+#: (benchmarks/bench_streaming.py, 50 MB cap): the process grew ~7 % of the cap beyond the
+#: counted bytes plus what the same training takes on one chunk in memory.
+HEADROOM = 0.15
 
 #: At most this many training rows fit the normalization (fewer if the pool is smaller).
 STATS_ROWS = 1_000_000
@@ -212,11 +220,12 @@ def plan_stream(dataset: Dataset, layout: RowLayout, cond_dim: int, dtype: torch
     held = (largest * k + plan.batch) * row_bytes  # the pool must hold a chunk plus a batch
     fixed = held + plan.read_bytes + 2 * plan.batch * row_bytes  # ... next to a read, 2 batches
     val_total = plan.n_val_split or plan.n_train  # no split: validated on training rows
-    val_rows = min(val_total, int(VAL_SHARE * plan.cap_bytes) // row_bytes)
-    spare = plan.cap_bytes - val_rows * row_bytes - plan.read_bytes - 2 * plan.batch * row_bytes
+    budget = int(plan.cap_bytes * (1 - HEADROOM))
+    val_rows = min(val_total, int(VAL_SHARE * budget) // row_bytes)
+    spare = budget - val_rows * row_bytes - plan.read_bytes - 2 * plan.batch * row_bytes
     plan.pool_rows = spare // row_bytes
     if plan.pool_rows * row_bytes < held:
-        minimum = min(fixed + val_total * row_bytes, fixed / (1 - VAL_SHARE))
+        minimum = min(fixed + val_total * row_bytes, fixed / (1 - VAL_SHARE)) / (1 - HEADROOM)
         raise ConfigError(
             f"training.memory_cap_mb: {cap_mb:g} MB cannot hold the shuffle buffer of one chunk "
             f"({largest * k} rows, {largest * k * row_bytes / MB:.3g} MB) plus a batch "
@@ -353,6 +362,7 @@ class ChunkStream:
             at_stats = _put(stats, rows, np.sort(rng.permutation(train)[:stats_quota[i]]),
                             at_stats)
             del rows, mask, x0
+            _trim()
         self._fixed = sum(0 if a is None else a.nbytes for a in val)
         return Prepared(val=val, stats=stats, x0_sample=x0_sample, x0_min=x0_min,
                         x0_max=x0_max)
@@ -386,6 +396,7 @@ class ChunkStream:
                 live = _put(pool, rows, train, live)
                 next_chunk += 1
                 del rows, mask
+                _trim()
             if live == 0:
                 return
             size = min(plan.batch, live)
@@ -403,6 +414,27 @@ class ChunkStream:
             live = left
             self._note(self._held() + 2 * batch_bytes)  # the batch and the previous one
             yield batch[0], batch[1], batch[2]
+
+
+_LIBC: list = []
+
+
+def _trim() -> None:
+    """Return freed heap memory to the OS after a chunk's read (glibc's ``malloc_trim``; a
+    no-op elsewhere). Zarr decodes chunks in its own I/O thread, whose malloc arena otherwise
+    keeps the freed buffers of past reads resident: measured, ~10 MB more RSS at a 12 MB cap
+    (benchmarks/bench_streaming.py)."""
+    if not _LIBC:
+        import ctypes
+        import ctypes.util
+
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.append(libc.malloc_trim)
+        except (OSError, AttributeError):
+            _LIBC.append(None)
+    if _LIBC[0] is not None:
+        _LIBC[0](0)
 
 
 def _put(target: Batch, rows: Batch, pick: np.ndarray | torch.Tensor, at: int) -> int:
