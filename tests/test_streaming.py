@@ -76,7 +76,7 @@ def test_split_mask_is_the_in_memory_split_on_any_range():
 
 def test_an_epoch_yields_every_training_row_once_in_batches_that_mix_chunks(ou_store):
     net = model()
-    stream = stream_of(net, ou_store, 0.03, batch_size=100)
+    stream = stream_of(net, ou_store, 0.04, batch_size=100)
     plan = stream.plan
     assert plan.data_bytes == 3000 * 16 and plan.pool_rows >= 3 * 200  # several chunks held
     stream.prepare(0)
@@ -90,9 +90,9 @@ def test_an_epoch_yields_every_training_row_once_in_batches_that_mix_chunks(ou_s
         chunks = [{chunk_of[r.tobytes()] for r in b[0].numpy()} for b in batches]
         assert np.mean([len(c) >= 3 for c in chunks]) > 0.9  # batches mix chunks
         assert len(chunks[0]) >= 3
-    assert stream.peak_bytes <= 0.03 * MB
+    assert stream.peak_bytes <= 0.04 * MB
     # deterministic: the same seed gives the same batches, another epoch another order
-    again = stream_of(net, ou_store, 0.03, batch_size=100)
+    again = stream_of(net, ou_store, 0.04, batch_size=100)
     again.prepare(0)
     assert all(np.array_equal(a, b) for a, b in zip(epoch_rows(again, 1)[1], rows,
                                                     strict=True))
@@ -101,7 +101,7 @@ def test_an_epoch_yields_every_training_row_once_in_batches_that_mix_chunks(ou_s
 
 def test_conditioned_rows_stream_as_conditioned_tuples_give_them(boxed_store):
     net = model(dim=1, conditioning=Conditioning(time=(0.1, 0.5), params={"mu": (0.5, 2.0)}))
-    stream = stream_of(net, boxed_store, 0.05, batch_size=64)
+    stream = stream_of(net, boxed_store, 0.055, batch_size=64)
     assert stream.plan.layout == RowLayout(conditioned=True)
     assert stream.plan.n_rows == 3600 and stream.plan.pool_rows >= 2 * 300
     stream.prepare(0)
@@ -111,7 +111,7 @@ def test_conditioned_rows_stream_as_conditioned_tuples_give_them(boxed_store):
         batches, rows = epoch_rows(stream, epoch)
         assert len(batches) == int(np.ceil(len(expected) / 64))
         assert np.array_equal(sorted_rows(np.concatenate(rows)), sorted_rows(expected))
-    assert stream.peak_bytes <= 0.05 * MB
+    assert stream.peak_bytes <= 0.055 * MB
 
 
 @pytest.mark.parametrize("cap_mb", [0.025, 0.03, 0.04])
