@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -348,6 +350,34 @@ def test_dask_runs_on_two_worker_processes_with_the_profile_environment(profile)
     assert all(a[1] == profile.exports["AWS_ENDPOINT_URL"] for a in answers.values())
     assert all(a[2] == profile.exports["PREFECT_API_URL"] for a in answers.values())
     assert all(a[4] is None for a in answers.values())  # Dask's malloc setting dropped
+
+
+@production
+def test_a_server_that_fails_is_named_with_its_log_and_only_it_is_stopped(profile,
+                                                                           monkeypatch):
+    from flows.services import manager, stack
+
+    monkeypatch.setenv("PRNF_DATA_ROOT", str(profile.root / "data"))
+    rec = profile.state()["services"]["mlflow"]
+    assert Service.attach("mlflow", rec["pid"], rec["started"], Path(rec["log"])).stop() == []
+    real = stack.service
+
+    def broken(name, *args):
+        svc = real(name, *args)
+        if name == "mlflow":
+            svc.args = [sys.executable, "-c", "print('cannot start: a test'); raise SystemExit(3)"]
+        return svc
+
+    monkeypatch.setattr(stack, "service", broken)
+    with pytest.raises(manager.ServiceError,
+                       match=r"(?s)mlflow did not become healthy.*exited.*cannot start: a test"):
+        manager.up({}, echo=lambda line: None)
+    assert set(profile.state()["services"]) == set(NAMES) - {"mlflow"}
+    monkeypatch.setattr(stack, "service", real)
+    lines: list[str] = []
+    manager.up({}, echo=lines.append)  # starts the one that is stopped, only it
+    assert re.findall(r"\] started (\S+) \(pid \d+, port (\d+)\)", "\n".join(lines)) == [
+        ("mlflow", str(rec["port"]))], lines
 
 
 @production
