@@ -14,6 +14,11 @@ weights are restored at the end. A NaN/inf loss stops training with
 :class:`TrainingDivergedError`; the last good checkpoint on disk is kept, and ``fit(...,
 resume=True)`` continues from it.
 
+A store larger than ``TrainConfig.memory_cap_mb`` is streamed chunk by chunk through a
+shuffle buffer under the cap instead of loaded (:mod:`prnf_core.streaming`; the normalization
+is then fitted on a bounded sample of the training rows, validation uses a bounded share of the
+validation rows); rows that fit in the cap train exactly as without one.
+
 A checkpoint records the fingerprint of the run that wrote it and is resumed only under the
 same settings (:mod:`prnf_core.checkpoints`); the settings are a :class:`TrainConfig`
 (:mod:`prnf_core.train_config`). Both modules' public names are re-exported here.

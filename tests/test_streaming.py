@@ -5,12 +5,14 @@ refused with its minimum, and a streamed model is as good as one trained in memo
 
 from __future__ import annotations
 
+import doctest
 import re
 
 import numpy as np
 import pytest
 import torch
 
+import prnf_core.streaming
 from prnf_core import DatasetConfig, run_dataset
 from prnf_core.dataset import open_dataset
 from prnf_core.errors import ConfigError
@@ -62,6 +64,10 @@ def epoch_rows(stream, epoch, seed=0):
 
 def sorted_rows(rows: np.ndarray) -> np.ndarray:
     return rows[np.lexsort(rows.T[::-1])]
+
+
+def test_doctests():
+    assert doctest.testmod(prnf_core.streaming).failed == 0
 
 
 def test_split_mask_is_the_in_memory_split_on_any_range():
