@@ -111,7 +111,9 @@ def training_fingerprint(data: str, model: ModelConfig, training: TrainConfig,
             but ``preset`` shapes the network (the conditioning's box too: it fixes the
             condition normalization; absent when there is none, as before it existed).
         training: The :class:`TrainConfig`; :data:`COSMETIC_TRAINING_FIELDS` are left out, and
-            :data:`STOPPING_FIELDS` unless the cosine schedule makes the horizon matter.
+            :data:`STOPPING_FIELDS` unless the cosine schedule makes the horizon matter;
+            ``memory_cap_mb`` only when set (a streamed run's batches depend on it; unset, the
+            hashes of runs from before it existed hold).
     """
     fields: dict[str, Any] = {"data.id": data}
     fields.update({f"model.{k}": v for k, v in
