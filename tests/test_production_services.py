@@ -396,6 +396,7 @@ def test_up_again_leaves_the_running_servers_alone(profile, monkeypatch):
 @production
 def test_down_leaves_no_process_behind(profile, monkeypatch):
     records = profile.state()["services"]
+    config = ServicesConfig(**profile.state()["config"])
     assert set(records) == set(NAMES)
     done = prnf(profile.env, "down")
     assert done.returncode == 0, output_tail(done)
@@ -418,6 +419,10 @@ def test_down_leaves_no_process_behind(profile, monkeypatch):
             break
         time.sleep(0.5)
     assert not left, left
+    weed_ports = {p for k, p in config.ports().items() if k.startswith(("s3_", "weed_"))}
+    sockets = [p for p in Path("/tmp").glob("seaweedfs-*.sock")
+               if int(p.stem.rsplit("-", 1)[1]) in weed_ports]
+    assert not sockets, sockets  # SeaweedFS's unix sockets in /tmp are removed
     profile.down = True
     status = invoke(profile, monkeypatch, "status")
     assert status.exit_code == 1

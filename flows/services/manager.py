@@ -11,6 +11,7 @@ a bounded wait, SIGKILL) and reports any process that survived.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -230,6 +231,8 @@ def _stop(layout: Layout, state: dict[str, Any], names: list[str], echo=None) ->
         if rec:
             svc = Service.attach(name, rec["pid"], rec.get("started"), layout.log(name))
             leftovers += svc.stop(grace=GRACE.get(name, DEFAULT_GRACE))
+        if name == "seaweedfs" and state.get("config"):
+            _remove_weed_sockets(ServicesConfig(**state["config"]))
         if echo is not None and (rec or name == "postgres"):
             echo(f"stopped {name} in {time.monotonic() - began:.1f} s")
         return leftovers
@@ -243,6 +246,19 @@ def _stop(layout: Layout, state: dict[str, Any], names: list[str], echo=None) ->
                 records.pop(name, None)
         write_state(layout, state)
     return leftovers
+
+
+def _remove_weed_sockets(config: ServicesConfig) -> None:
+    """SeaweedFS leaves unix sockets named by its ports in /tmp
+    (``/tmp/seaweedfs-master-grpc-<port>.sock``, ...) when it is killed: remove ours."""
+    from pathlib import Path
+
+    ports = {p for k, p in config.ports().items() if k.startswith(("s3_", "weed_"))}
+    for port in ports:
+        for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            with contextlib.suppress(OSError):
+                if sock.is_socket() and sock.stat().st_uid == os.geteuid():
+                    sock.unlink()
 
 
 def down(echo=print) -> None:

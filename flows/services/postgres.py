@@ -64,7 +64,11 @@ def as_user(cmd: list) -> list[str]:
 def untraversable(path: Path, user: str) -> Path | None:
     """The first existing directory at or above ``path`` that ``user`` may not traverse
     (search permission), None if every one is traversable."""
-    entry = pwd.getpwnam(user)
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise PostgresError(f"postgres: no OS user {user!r} to run PostgreSQL as (it refuses "
+                            "to run as root); create it (useradd --system postgres)") from None
     gids = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
     for folder in reversed([Path(path), *Path(path).parents]):
         try:
