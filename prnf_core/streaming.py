@@ -256,9 +256,21 @@ class Prepared:
 
 
 def _quotas(total: int, counts: list[int]) -> list[int]:
-    """``total`` split over ``counts`` in proportion (floors: never more than ``total``)."""
+    """``min(total, sum(counts))`` split over ``counts`` in proportion, none above its count
+    (largest remainders: many small chunks still get their share).
+
+    >>> _quotas(5, [3, 3, 3, 3]), _quotas(10, [1, 2])
+    ([2, 1, 1, 1], [1, 2])
+    """
     whole = sum(counts)
-    return [0 if not whole else min(c, total * c // whole) for c in counts]
+    total = min(total, whole)
+    if not total:
+        return [0] * len(counts)
+    quotas = [total * c // whole for c in counts]
+    order = sorted(range(len(counts)), key=lambda i: (-(total * counts[i] % whole), i))
+    for i in order[:total - sum(quotas)]:
+        quotas[i] += 1
+    return quotas
 
 
 @dataclass
