@@ -83,6 +83,7 @@ def train(
     preset: Annotated[str | None, Opt(
         help="'paper': the paper's network and optimization settings.")] = None,
     seed: sup.Int = None,
+    memory_cap: sup.MemoryCap = None,
     out_dir: Annotated[str | None, Opt("--out", help="Model directory.")] = None,
     config: sup.Config = None,
     set_: sup.Sets = None,
@@ -97,7 +98,8 @@ def train(
     options = {**sup.under("model", architecture=architecture, hidden_width=width,
                            hidden_layers=layers, preset=preset),
                **sup.under("training", epochs=epochs, iterations=iterations,
-                           batch_size=batch_size, lr=lr, lam=lam, seed=seed, preset=preset),
+                           batch_size=batch_size, lr=lr, lam=lam, seed=seed, preset=preset,
+                           memory_cap_mb=memory_cap),
                "data": data, "output": out_dir, "restart": restart or None}
     show.trained(sup.run_with_progress(train_flow, build_params(
         TrainParams, config=config, sets=set_, options=options, sections=("model", "training"),
@@ -211,7 +213,8 @@ def health(
 
 
 @app.command()
-def info(store: Annotated[Path, typer.Argument(help="Dataset store path.")]) -> None:
+def info(store: Annotated[str, typer.Argument(help="Dataset store: a path or an s3:// URL.")]
+         ) -> None:
     """Show a dataset's id, configuration and completion."""
     show.dataset_info(store)
 
@@ -232,6 +235,7 @@ def pipeline(
     architecture: Annotated[str | None, Opt(help="prnf or nsf.")] = None,
     param: sup.ProblemParams = None,
     workers: sup.Workers = None,
+    memory_cap: sup.MemoryCap = None,
     config: sup.Config = None,
     set_: sup.Sets = None,
 ) -> None:
@@ -239,8 +243,8 @@ def pipeline(
     # the pipeline's training defaults fill what the training section leaves out (flows.config)
     _pipeline(config=config, sets=set_, options={
         "problem": problem, "n_train": n_train, **sup.param_options(param, "problem_params"),
-        "training.epochs": epochs, "model.architecture": architecture,
-        "execution.workers": workers})
+        "training.epochs": epochs, "training.memory_cap_mb": memory_cap,
+        "model.architecture": architecture, "execution.workers": workers})
 
 
 @app.command()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -133,11 +132,10 @@ def health(result: dict[str, Any]) -> None:
               highlight=False)
 
 
-def dataset_info(store: Path) -> None:
+def dataset_info(store: str) -> None:
     from prnf_core.dataset import open_dataset
-    from prnf_core.objectstore import from_path_argument  # `info` takes a Path: s3:// -> s3:/
 
-    dataset = open_dataset(from_path_argument(store))  # missing or bad store: exit 2 by Guarded
+    dataset = open_dataset(store)  # missing or bad store: exit 2 by Guarded
     meta = dataset.meta
     missing = dataset.missing_chunks()
     out.print(f"dataset id: {meta['dataset_id']}  (schema {meta['schema_version']}, "

@@ -208,6 +208,9 @@ def run_with_progress(run, *args: Any) -> Any:
 Opt = typer.Option
 Int = Annotated[int | None, Opt()]
 Workers = Annotated[int | None, Opt(help="Dask workers (0: in-process).")]
+MemoryCap = Annotated[float | None, Opt(
+    "--memory-cap", help="MB the training rows may take in memory; a larger store is streamed "
+                         "chunk by chunk (training.memory_cap_mb).")]
 Config = Annotated[Path | None, Opt(
     help="YAML file of the command's parameters; --set and the options override it.")]
 Sets = Annotated[list[str] | None, Opt(

@@ -39,8 +39,11 @@ class TrainParams(BaseModel):
 
 def default_model_dir(params: TrainParams) -> str:
     dataset = open_dataset(params.data)
+    # memory_cap_mb only when set: the folders of models trained before it existed keep their
+    # names (and so their checkpoints) for unchanged settings.
+    unset = {"memory_cap_mb"} if params.training.memory_cap_mb is None else set()
     settings = json.dumps([params.model.model_dump(mode="json"),
-                           params.training.model_dump(mode="json", exclude={"progress"})],
+                           params.training.model_dump(mode="json", exclude={"progress", *unset})],
                           sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:8]
     name = f"{dataset.meta['problem']['name']}-{dataset.dataset_id}-{params.model.architecture}"

@@ -163,16 +163,6 @@ def check_url(value: str, field: str = "path") -> str:
     return parse_url(value, field).url
 
 
-def from_path_argument(value: str | Path) -> str:
-    """A store argument that went through ``pathlib`` (which collapses ``s3://b`` to ``s3:/b``)
-    as the string meant; other values unchanged."""
-    text = str(value)
-    found = scheme(text)
-    if found and not text[len(found) + 1:].startswith("//"):
-        return f"{found}://{text[len(found) + 2:]}"
-    return text
-
-
 # -- configuration from the environment ---------------------------------------------------------
 def endpoint() -> str | None:
     """The S3 endpoint from the environment, None for AWS's own."""

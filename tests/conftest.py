@@ -51,3 +51,17 @@ def private_data_root(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def production_profile():
+    """The production profile (``prnf services up``) in a fresh data root on free ports, for
+    the whole session; brought down at its end, failing if a process is left behind."""
+    from production import bring_down, bring_up
+
+    profile = bring_up()
+    try:
+        yield profile
+    finally:
+        problems = bring_down(profile)
+        assert not problems, "prnf services down: " + "\n".join(problems)

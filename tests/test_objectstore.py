@@ -59,8 +59,6 @@ def test_store_urls_are_parsed_and_normalized():
     assert resolve_path("s3://bucket/a/b.zarr/", "output", dataset_store=True) == \
         "s3://bucket/a/b.zarr"
     assert objectstore.lock_url("s3://bucket/a/b.zarr") == "s3://bucket/a/b.zarr.lock"
-    assert objectstore.from_path_argument(Path("s3://bucket/a.zarr")) == "s3://bucket/a.zarr"
-    assert objectstore.from_path_argument("/local/a.zarr") == "/local/a.zarr"
 
 
 @pytest.mark.parametrize("url, message", [
