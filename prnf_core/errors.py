@@ -96,10 +96,15 @@ class StoreLockedError(PrnfError):
         who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
                f"started {holder.get('started', '?')}") if holder else "a run just starting"
         after = f" (waited {waited:g} s)" if waited else ""
+        # An object-store lock is a lease (prnf_core.objectstore): no kernel drops it when its
+        # holder dies, so say when it lapses.
+        lease = (f" Its lock is a lease renewed while it runs: if that run was killed, the lock "
+                 f"lapses {holder['ttl']:g} s after its last renewal and a re-run then resumes."
+                 if isinstance(holder.get("ttl"), int | float) else "")
         super().__init__(
             f"output: {path} is being written by another run ({who}){after}; two runs must not "
             "write one dataset at once. Wait for it to finish (a re-run then only verifies the "
-            "store), or stop it and re-run to resume."
+            f"store), or stop it and re-run to resume.{lease}"
         )
 
     def __reduce__(self):

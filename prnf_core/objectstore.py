@@ -28,7 +28,8 @@ storage has no such thing, so a store at ``s3://b/p/name.zarr`` is locked by the
 
 - Acquire: ``PutObject`` with ``If-None-Match: *``, which the service refuses (412) when the
   object exists: of concurrent writers exactly one creates it. The body holds the holder (pid,
-  host, start time, a random token) and the lease length ``ttl`` (:data:`LOCK_TTL_SECONDS`).
+  host, start time, a random token) and the lease length ``ttl`` (:data:`LOCK_TTL_SECONDS`,
+  60 s, or ``$PRNF_S3_LOCK_TTL``).
 - Hold: a heartbeat thread rewrites the object every ``ttl / 4`` seconds with
   ``If-Match: <its ETag>``, which renews its ``Last-Modified``. A failed renewal (the service
   down for a moment) is retried at the next beat; three beats may fail before the lease lapses.
@@ -78,6 +79,9 @@ CONNECT_TIMEOUT = 3.0  # seconds to open a connection to the service
 READ_TIMEOUT = 60.0  # seconds to wait for a response once connected
 MAX_ATTEMPTS = 3  # botocore attempts per request (data); the preflight tries once
 LOCK_TTL_SECONDS = 60.0
+# Overrides the lease length: longer where a writer may stall (slow networks, paused VMs), shorter
+# where a killed run's lock must lapse sooner. A holder's own ttl travels in its lock object.
+LOCK_TTL_ENV = "PRNF_S3_LOCK_TTL"
 LOCK_POLL_SECONDS = 0.5
 ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
@@ -262,6 +266,15 @@ def _require_other_credentials(path: str) -> None:
 
 def _call(request: Any, path: str, what: str) -> Any:
     """``request()``, with connection and permission failures turned into ObjectStoreError."""
+    with storage_errors(path, what):
+        return request()
+
+
+@contextlib.contextmanager
+def storage_errors(path: str, what: str, during: str = "") -> Iterator[None]:
+    """Turn the object store's connection and permission failures inside the block into an
+    :class:`ObjectStoreError` naming the endpoint, ``path`` and ``what`` was accessed;
+    ``during``: what was under way (e.g. "while chunks were written; ..."), appended."""
     from botocore.exceptions import (
         ClientError,
         ConnectionClosedError,
@@ -272,12 +285,12 @@ def _call(request: Any, path: str, what: str) -> Any:
     )
 
     try:
-        return request()
+        yield
     except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError,
             ReadTimeoutError) as exc:
         raise ObjectStoreError(
             f"output: object storage at {describe_endpoint()} is unreachable ({type(exc).__name__}"
-            f"); check AWS_ENDPOINT_URL and that the service runs ({path})") from None
+            f"); check AWS_ENDPOINT_URL and that the service runs ({path}){during}") from None
     except NoCredentialsError:
         _require_other_credentials(path)
         raise
@@ -471,11 +484,31 @@ class S3Lease:
                            self.store, self.where.url, exc, self.ttl)
 
 
+def lock_ttl() -> float:
+    """The lease length: ``$PRNF_S3_LOCK_TTL`` seconds, else :data:`LOCK_TTL_SECONDS`.
+
+    Raises:
+        ConfigError: the variable is not a number of seconds ≥ 4.
+    """
+    text = os.environ.get(LOCK_TTL_ENV)
+    if not text:
+        return LOCK_TTL_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 4:  # renewed every ttl / 4: at least once a second
+        raise ConfigError(f"{LOCK_TTL_ENV}: must be a number of seconds >= 4, got {text!r}")
+    return value
+
+
 @contextlib.contextmanager
-def s3_lock(path: str, timeout: float = 0.0, ttl: float = LOCK_TTL_SECONDS) -> Iterator[str]:
+def s3_lock(path: str, timeout: float = 0.0, ttl: float | None = None) -> Iterator[str]:
     """Hold the writer lease of the store at URL ``path`` for the ``with`` block (yields the
     lock's URL). Waits up to ``timeout`` seconds for a live holder, then raises
-    :class:`~prnf_core.errors.StoreLockedError` naming it."""
+    :class:`~prnf_core.errors.StoreLockedError` naming it. ``ttl``: the lease length (default
+    :func:`lock_ttl`)."""
+    ttl = lock_ttl() if ttl is None else ttl
     check_access(path)
     lease = S3Lease(check_url(path), ttl=ttl)
     deadline = time.monotonic() + timeout

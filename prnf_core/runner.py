@@ -21,6 +21,7 @@ marked not done and re-simulated with the rest, bit-identical thanks to the per-
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from prnf_core.dataset import (
     simulate_and_write_chunk,
 )
 from prnf_core.integrity import audit, store_lock
-from prnf_core.objectstore import check_access, check_url, is_remote
+from prnf_core.objectstore import check_access, check_url, is_remote, storage_errors
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +97,20 @@ def run_dataset(
         DatasetMismatchError: ``path`` holds another dataset, or one made with another noise
             generator; nothing is written.
         ObjectStoreError: ``path`` is a URL of another scheme than ``s3://``, or malformed, or
-            its object storage cannot be used (credentials, bucket, endpoint): a ConfigError.
+            its object storage cannot be used (credentials, bucket, endpoint): a ConfigError;
+            also when the service becomes unreachable while the store is written (the chunks
+            marked done are kept for a re-run to resume).
     """
     started = time.perf_counter()
+    outage: contextlib.AbstractContextManager = contextlib.nullcontext()
     if is_remote(path):  # s3://bucket/prefix: checked (scheme, bucket, access) before any work
         path = check_url(str(path), "output")
         check_access(path)
+        outage = storage_errors(path, "the store", during=(
+            " while the store was written; the chunks marked done are kept: re-run the same "
+            "command once the service is back to resume"))
     config = config.on_device(device)
-    with store_lock(path, timeout=lock_timeout):
+    with outage, store_lock(path, timeout=lock_timeout):
         dataset = create_dataset(config, path, role=role)
         corrupt = audit(dataset)
         if corrupt:

@@ -54,6 +54,17 @@ def small_config(**overrides) -> DatasetConfig:
 
 
 # -- URL rules (no server) ----------------------------------------------------------------------
+def test_lock_ttl_comes_from_the_environment_and_is_checked(monkeypatch):
+    monkeypatch.delenv(objectstore.LOCK_TTL_ENV, raising=False)
+    assert objectstore.lock_ttl() == objectstore.LOCK_TTL_SECONDS == 60.0
+    monkeypatch.setenv(objectstore.LOCK_TTL_ENV, "12.5")
+    assert objectstore.lock_ttl() == 12.5
+    for bad in ("2", "soon", "nan"):
+        monkeypatch.setenv(objectstore.LOCK_TTL_ENV, bad)
+        with pytest.raises(ConfigError, match=r"PRNF_S3_LOCK_TTL: must be a number of seconds"):
+            objectstore.lock_ttl()
+
+
 def test_store_urls_are_parsed_and_normalized():
     assert parse_url("s3://bucket/a/b.zarr/") == objectstore.S3Location("bucket", "a/b.zarr")
     assert resolve_path("s3://bucket/a/b.zarr/", "output", dataset_store=True) == \
@@ -380,8 +391,8 @@ def test_live_lock_refuses_a_second_writer_and_is_released(s3):
                 store_lock(store, timeout=0.6):
             pass
         assert 0.5 < time.monotonic() - started < 5
-        with pytest.raises(StoreLockedError):
-            run_dataset(small_config(), store)  # a simulation is refused too
+        with pytest.raises(StoreLockedError, match=r"lapses 60 s after its last renewal"):
+            run_dataset(small_config(), store)  # a simulation is refused too, told of the lease
     assert client.list_objects_v2(Bucket=BUCKET, Prefix=key).get("KeyCount") == 0
     with store_lock(store):  # free again
         pass
