@@ -55,10 +55,13 @@ The configuration, its id and the content of each chunk are in :mod:`prnf_core.d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import zarr
@@ -100,6 +103,8 @@ __all__ = [  # DatasetConfig, chunk_seed, simulate_chunk_arrays: re-exported
     "simulate_chunk_arrays",
 ]
 
+T = TypeVar("T")
+
 
 @dataclass
 class Dataset:
@@ -107,6 +112,18 @@ class Dataset:
 
     path: str
     group: zarr.Group
+    # The group's arrays, each opened once: opening one reads its metadata, a round trip on
+    # object storage, and so does asking whether a name is in the group. None until first used.
+    opened: dict[str, zarr.Array] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def arrays(self) -> dict[str, zarr.Array]:
+        """The group's arrays by name (listed and opened on first use, then kept: they change
+        only through this object, by a resize or the checksum arrays :func:`~prnf_core.
+        integrity.audit` adds)."""
+        if self.opened is None:
+            self.opened = dict(self.group.arrays())
+        return self.opened
 
     # -- metadata -----------------------------------------------------------------------------
     @property
@@ -139,7 +156,7 @@ class Dataset:
 
     @property
     def dim(self) -> int:
-        return int(self.group["x0"].shape[1])
+        return int(self.arrays["x0"].shape[1])
 
     @property
     def param_names(self) -> list[str]:
@@ -149,10 +166,10 @@ class Dataset:
 
     @property
     def n_particles(self) -> int:
-        return int(self.group["x0"].shape[0])
+        return int(self.arrays["x0"].shape[0])
 
     def done_mask(self) -> np.ndarray:
-        return np.asarray(self.group["chunk_done"][:], dtype=bool)
+        return np.asarray(self.arrays["chunk_done"][:], dtype=bool)
 
     def missing_chunks(self) -> list[int]:
         return [int(i) for i in np.flatnonzero(~self.done_mask())]
@@ -173,12 +190,13 @@ class Dataset:
         """
         config = self.config
         start, stop = config.chunk_bounds(index)
+        arrays = self.arrays
         checks = [("x0", x0, self.dim), ("xT", xT, self.dim)]
-        if "theta" in self.group:
+        if "theta" in arrays:
             if theta is None:
                 raise ValueError(f"theta: chunk {index} of a dataset with a param_box needs its "
                                  "per-particle parameters; not written")
-            checks.append(("theta", theta, self.group["theta"].shape[1]))
+            checks.append(("theta", theta, arrays["theta"].shape[1]))
         elif theta is not None:
             raise ValueError(f"theta: the dataset at {self.path} has no param_box; chunk "
                              f"{index} not written")
@@ -187,24 +205,30 @@ class Dataset:
                 raise ValueError(f"{name}: chunk {index} needs shape {(stop - start, width)}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"{name}: chunk {index} holds non-finite values; not written")
-        for name, arr in (("x0", x0), ("xT", xT), ("snapshots", snapshots), ("theta", theta)):
-            if arr is None:
-                continue
-            stored = np.asarray(arr, dtype=self.group[name].dtype)  # hash what is stored
-            self.group[name][chunk_region(name, start, stop)] = stored
-            if checksum_name(name) in self.group:  # absent only in stores of older versions
-                self.group[checksum_name(name)][index] = digest(stored)
-        self.group["chunk_seconds"][index] = seconds
-        self.group["chunk_done"][index] = 1
+        stored = {name: np.asarray(arr, dtype=arrays[name].dtype)  # hash what is stored
+                  for name, arr in (("x0", x0), ("xT", xT), ("snapshots", snapshots),
+                                    ("theta", theta)) if arr is not None}
+        # Three steps, each begun once the previous one is stored: the data arrays (separate
+        # objects, written at once, hashed meanwhile) and the timing (read only for done
+        # chunks), then the checksums, then the marker.
+        writes = [partial(arrays[name].__setitem__, chunk_region(name, start, stop), data)
+                  for name, data in stored.items()]
+        writes.append(partial(arrays["chunk_seconds"].__setitem__, index, seconds))
+        hashes = [partial(digest, data) for data in stored.values()]
+        digests = _at_once(writes + hashes)[len(writes):]
+        _at_once([partial(arrays[checksum_name(name)].__setitem__, index, value)
+                  for name, value in zip(stored, digests, strict=True)
+                  if checksum_name(name) in arrays])  # absent only in stores of older versions
+        arrays["chunk_done"][index] = 1
 
     def mark_not_done(self, indices: list[int]) -> None:
         """Forget chunks (e.g. corrupt ones) so that the next run re-simulates them."""
         for index in indices:
-            self.group["chunk_done"][index] = 0
+            self.arrays["chunk_done"][index] = 0
 
     def simulation_seconds(self) -> float:
         """Total single-worker simulation time of the done chunks (the cost of the data)."""
-        seconds = np.asarray(self.group["chunk_seconds"][:])[self.done_mask()]
+        seconds = np.asarray(self.arrays["chunk_seconds"][:])[self.done_mask()]
         return float(np.nansum(seconds))
 
     def finalize(self) -> bool:
@@ -245,10 +269,10 @@ class Dataset:
                 (the chunks are named; ``prnf repair`` fixes them).
         """
         self._require_complete(allow_partial)
-        if name not in self.group:
-            raise KeyError(f"array {name!r} not in dataset; has {sorted(self.group.array_keys())}")
+        if name not in self.arrays:
+            raise KeyError(f"array {name!r} not in dataset; has {sorted(self.arrays)}")
         try:
-            data = self.group[name][:]
+            data = self.arrays[name][:]
         except Exception:  # a chunk that does not decode: name it (chunk by chunk) if we can
             self._raise_if_corrupt(name)
             raise
@@ -261,7 +285,7 @@ class Dataset:
         from dask import delayed
 
         self._require_complete(False)
-        array = self.group[name]
+        array = self.arrays[name]
         axis = 1 if name == "snapshots" else 0
         blocks = []
         for index in range(self.config.n_chunks):
@@ -434,16 +458,14 @@ def _fit_arrays(dataset: Dataset, config: DatasetConfig) -> None:
     New entries take the fill values: NaN data, ``chunk_done`` 0 (missing), checksums 0 (none
     recorded: only done chunks are verified) and NaN seconds.
     """
-    group = dataset.group
     n, n_chunks = config.n_particles, config.n_chunks
-    for name in sorted(group.array_keys()):
+    for name, array in sorted(dataset.arrays.items()):
         if name in ("x0", "xT", "snapshots", "theta"):
             axis, size = (1 if name == "snapshots" else 0), n
         elif name in ("chunk_done", "chunk_seconds") or name.endswith("_checksum"):
             axis, size = 0, n_chunks
         else:
             continue
-        array = group[name]
         shape = list(array.shape)
         if shape[axis] == size:
             continue
@@ -454,7 +476,7 @@ def _fit_arrays(dataset: Dataset, config: DatasetConfig) -> None:
                 "refusing to shrink it"
             )
         shape[axis] = size
-        array.resize(tuple(shape))
+        array.resize(tuple(shape))  # in place: the kept handle has the new shape
 
 
 def _set_role(dataset: Dataset, role: str | None) -> None:
@@ -470,27 +492,30 @@ def _create_store(config: DatasetConfig, path: str, role: str | None) -> Dataset
     group = _open_group(path, "w-")
     n, d, cs = config.n_particles, sde.dim, config.chunk_size
     dtype = config.dtype
+    arrays = {}  # the handles, kept by the Dataset: no need to list and reopen them
     for name in ("x0", "xT"):
-        group.create_array(name, shape=(n, d), chunks=(cs, d), dtype=dtype,
-                           compressors=_compressor(), fill_value=np.nan,
-                           dimension_names=("particle", "coordinate"))
+        arrays[name] = group.create_array(
+            name, shape=(n, d), chunks=(cs, d), dtype=dtype, compressors=_compressor(),
+            fill_value=np.nan, dimension_names=("particle", "coordinate"))
     if config.save_times:
-        group.create_array("snapshots", shape=(len(config.save_times), n, d),
-                           chunks=(len(config.save_times), cs, d), dtype=dtype,
-                           compressors=_compressor(), fill_value=np.nan,
-                           dimension_names=("time", "particle", "coordinate"))
-    group.create_array("chunk_done", shape=(config.n_chunks,), chunks=(1,), dtype="uint8",
-                       fill_value=0, compressors=None)
-    group.create_array("chunk_seconds", shape=(config.n_chunks,), chunks=(1,), dtype="float64",
-                       fill_value=np.nan, compressors=None)
+        arrays["snapshots"] = group.create_array(
+            "snapshots", shape=(len(config.save_times), n, d),
+            chunks=(len(config.save_times), cs, d), dtype=dtype, compressors=_compressor(),
+            fill_value=np.nan, dimension_names=("time", "particle", "coordinate"))
+    arrays["chunk_done"] = group.create_array(
+        "chunk_done", shape=(config.n_chunks,), chunks=(1,), dtype="uint8", fill_value=0,
+        compressors=None)
+    arrays["chunk_seconds"] = group.create_array(
+        "chunk_seconds", shape=(config.n_chunks,), chunks=(1,), dtype="float64",
+        fill_value=np.nan, compressors=None)
     if config.param_box is not None:
         p = len(config.param_names)
-        group.create_array("theta", shape=(n, p), chunks=(cs, p), dtype="float64",
-                           compressors=_compressor(), fill_value=np.nan,
-                           dimension_names=("particle", "parameter"))
-    create_checksum_arrays(group, ["x0", "xT"] + (["snapshots"] if config.save_times else [])
-                           + (["theta"] if config.param_box is not None else []),
-                           config.n_chunks)
+        arrays["theta"] = group.create_array(
+            "theta", shape=(n, p), chunks=(cs, p), dtype="float64", compressors=_compressor(),
+            fill_value=np.nan, dimension_names=("particle", "parameter"))
+    arrays |= create_checksum_arrays(
+        group, ["x0", "xT"] + (["snapshots"] if config.save_times else [])
+        + (["theta"] if config.param_box is not None else []), config.n_chunks)
     # Attributes last: a store without them is not yet a dataset and is recreated cleanly.
     group.attrs[ATTR_KEY] = {
         "schema_version": SCHEMA_VERSION,
@@ -504,7 +529,7 @@ def _create_store(config: DatasetConfig, path: str, role: str | None) -> Dataset
         "role": role,
         "growth": [_growth_entry(config)],
     }
-    return Dataset(path, group)
+    return Dataset(path, group, arrays)
 
 
 def _existing_group(path: str) -> zarr.Group | None:
@@ -587,17 +612,49 @@ def open_dataset(path: str | Path) -> Dataset:
 
 
 def read_verified_chunk(path: str, name: str, index: int, start: int, stop: int) -> np.ndarray:
-    """Chunk ``index`` (rows ``start:stop``) of array ``name``, verified (what to_dask runs)."""
-    group = _open_group(path, "r")
-    key = checksum_name(name)
-    try:
-        data = group[name][chunk_region(name, start, stop)]
-    except Exception as exc:  # Blosc/Zarr decode errors vary by codec and damage
-        raise CorruptChunkError(path, {index: f"{name} {read_fault(exc)}"}) from exc
-    fault = chunk_fault(data, int(group[key][index]) if key in group else None)
+    """Chunk ``index`` (rows ``start:stop``) of array ``name``, verified (what to_dask and
+    training streams run, chunk after chunk)."""
+    store = objectstore.store_for(path, read_only=True)
+    # The chunk and its recorded digest are separate objects: each array is opened alone (no
+    # group, no listing) and both are read at once, in two round trips on object storage.
+    data, recorded = _at_once([partial(_read_data, store, path, name, index, start, stop),
+                               partial(_read_checksum, store, name, index)])
+    fault = chunk_fault(data, recorded)
     if fault:
         raise CorruptChunkError(path, {index: f"{name} {fault}"})
     return data
+
+
+def _read_data(store: Any, path: str, name: str, index: int, start: int,
+               stop: int) -> np.ndarray:
+    """Chunk ``index`` of array ``name``; one that does not decode raises CorruptChunkError."""
+    array = zarr.open_array(store, path=name, mode="r", zarr_format=3)
+    try:
+        return array[chunk_region(name, start, stop)]
+    except Exception as exc:  # Blosc/Zarr decode errors vary by codec and damage
+        raise CorruptChunkError(path, {index: f"{name} {read_fault(exc)}"}) from exc
+
+
+def _read_checksum(store: Any, name: str, index: int) -> int | None:
+    """The digest recorded for chunk ``index`` of array ``name``; None in stores without
+    checksums (of older versions)."""
+    try:
+        sums = zarr.open_array(store, path=checksum_name(name), mode="r", zarr_format=3)
+    except FileNotFoundError:  # zarr's ArrayNotFoundError
+        return None
+    return int(sums[index])
+
+
+def _at_once(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """The results of ``calls``, made at once in threads. Each is a blocking Zarr call that
+    waits on round trips to the store (Zarr's event loop does the I/O; Blosc and BLAKE2b
+    release the GIL), so their waits overlap. Returns once every call has ended, and raises
+    the first failure only then: nothing a later step depends on is still being written."""
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+    return [future.result() for future in futures]
 
 
 def simulate_and_write_chunk(path: str, index: int, device: str | None = None,
@@ -613,7 +670,7 @@ def simulate_and_write_chunk(path: str, index: int, device: str | None = None,
     if torch_threads:
         torch.set_num_threads(torch_threads)
     dataset = open_dataset(path)
-    if dataset.group["chunk_done"][index]:  # one entry: one object read on object storage
+    if dataset.arrays["chunk_done"][index]:  # one entry: one object read on object storage
         return {"chunk": index, "skipped": True, "seconds": 0.0, "n": 0}
     started = time.perf_counter()
     config = dataset.config

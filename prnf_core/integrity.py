@@ -63,6 +63,9 @@ class ChunkedStore(Protocol):
     group: zarr.Group
 
     @property
+    def arrays(self) -> dict[str, zarr.Array]: ...
+
+    @property
     def config(self) -> ChunkLayout: ...
 
     def done_mask(self) -> np.ndarray: ...
@@ -79,10 +82,12 @@ def digest(data: np.ndarray) -> int:
     return value or 1
 
 
-def create_checksum_arrays(group: zarr.Group, names: Sequence[str], n_chunks: int) -> None:
-    for name in names:
-        group.create_array(checksum_name(name), shape=(n_chunks,), chunks=(1,), dtype="uint64",
-                           fill_value=NOT_RECORDED, compressors=None)
+def create_checksum_arrays(group: zarr.Group, names: Sequence[str],
+                           n_chunks: int) -> dict[str, zarr.Array]:
+    """Create the checksum arrays of arrays ``names``; returns them by name."""
+    return {checksum_name(name): group.create_array(
+        checksum_name(name), shape=(n_chunks,), chunks=(1,), dtype="uint64",
+        fill_value=NOT_RECORDED, compressors=None) for name in names}
 
 
 def chunk_region(name: str, start: int, stop: int) -> tuple[slice, ...]:
@@ -114,9 +119,9 @@ def find_corrupt(dataset: ChunkedStore, names: Sequence[str] = DATA_ARRAYS,
     config = dataset.config
     done = [int(i) for i in np.flatnonzero(dataset.done_mask())]
     faults: dict[int, list[str]] = {}
-    for name in (n for n in names if n in dataset.group):
-        sums = _recorded(dataset.group, name)
-        array = dataset.group[name]
+    for name in (n for n in names if n in dataset.arrays):
+        sums = _recorded(dataset.arrays, name)
+        array = dataset.arrays[name]
         for index in done:
             region = chunk_region(name, *config.chunk_bounds(index))
             try:
@@ -136,25 +141,26 @@ def audit(dataset: ChunkedStore) -> dict[int, str]:
     A store without checksum arrays (written by an older prnf) gets them here: the done chunks
     that decode and are finite have their digests recorded, so later damage is caught.
     """
-    names = [n for n in DATA_ARRAYS if n in dataset.group]
-    if all(checksum_name(n) in dataset.group for n in names):
+    arrays = dataset.arrays
+    names = [n for n in DATA_ARRAYS if n in arrays]
+    if all(checksum_name(n) in arrays for n in names):
         return find_corrupt(dataset, names)
     faults = find_corrupt(dataset, names)
-    missing = [n for n in names if checksum_name(n) not in dataset.group]
-    create_checksum_arrays(dataset.group, missing, dataset.config.n_chunks)
+    missing = [n for n in names if checksum_name(n) not in arrays]
+    arrays |= create_checksum_arrays(dataset.group, missing, dataset.config.n_chunks)
     config = dataset.config
     for index in (int(i) for i in np.flatnonzero(dataset.done_mask())):
         if index in faults:
             continue
         for name in missing:
             region = chunk_region(name, *config.chunk_bounds(index))
-            dataset.group[checksum_name(name)][index] = digest(dataset.group[name][region])
+            arrays[checksum_name(name)][index] = digest(arrays[name][region])
     return faults
 
 
-def _recorded(group: zarr.Group, name: str) -> np.ndarray | None:
+def _recorded(arrays: dict[str, zarr.Array], name: str) -> np.ndarray | None:
     key = checksum_name(name)
-    return np.asarray(group[key][:], dtype=np.uint64) if key in group else None
+    return np.asarray(arrays[key][:], dtype=np.uint64) if key in arrays else None
 
 
 # -- the writer lock ----------------------------------------------------------------------------

@@ -206,7 +206,7 @@ def plan_stream(dataset: Dataset, layout: RowLayout, cond_dim: int, dtype: torch
         path=dataset.path, layout=layout, dim=dim, cond_dim=cond_dim, times=times,
         snapshots=snapshots, chunks=chunks, n_rows=n_rows, val_fraction=val_fraction,
         split_seed=split_seed, batch=0, row_bytes=row_bytes,
-        store_itemsize=np.dtype(dataset.group["x0"].dtype).itemsize,
+        store_itemsize=np.dtype(dataset.arrays["x0"].dtype).itemsize,
         n_params=len(dataset.param_names) if layout.conditioned else 0,
         cap_bytes=int(cap_mb * MB))
     plan.n_val_split = sum(round(min(SPLIT_BLOCK, n_rows - first) * val_fraction)
