@@ -50,6 +50,11 @@ def trained(summary: dict[str, Any]) -> None:
               f"{summary['epochs_run']} epochs"
               f"{f' ({resumed} resumed from the checkpoint)' if resumed else ''} "
               f"in {summary['seconds']:.1f} s")
+    streamed = summary.get("streamed")
+    if streamed:
+        out.print(f"streamed from the store under a memory cap of {streamed['memory_cap_mb']:g} "
+                  f"MB: {streamed['data_mb']:.3g} MB of rows, at most "
+                  f"{streamed['peak_mb']:.3g} MB held", highlight=False)
 
 
 def sampled(result: dict[str, Any]) -> None:

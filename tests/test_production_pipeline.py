@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 from production import REPO, Profile, run
-from services import BIN, Service, output_tail, wait_worker_online
+from services import BIN, Service, output_tail, tail, wait_worker_online
 
 pytestmark = pytest.mark.production
 
@@ -245,6 +245,25 @@ def test_champion_loads_from_another_process(production_profile, pipeline_run, t
     assert samples.shape == (300, 1) and np.isfinite(samples).all()
 
 
+def test_training_streams_an_s3_store_under_a_memory_cap(production_profile, tmp_path):
+    """`prnf train --memory-cap` on a store in S3 whose rows (40000 x 2 float32, 0.32 MB) exceed
+    the cap: they are streamed chunk by chunk from the object store, under the cap."""
+    profile = production_profile
+    data = "s3://prnf-data/streamed/bm1d.zarr"
+    made = run([BIN / "prnf", "simulate", "--problem", "bm1d", "-n", "40000", "--chunk-size",
+                "2000", "--out", data], profile.env, timeout=300)
+    assert made.returncode == 0, output_tail(made)
+    proc = run([BIN / "prnf", "train", "--data", data, "--epochs", "2", "--width", "16",
+                "--batch-size", "128", "--memory-cap", "0.15", "--out", tmp_path / "model"],
+               profile.env, timeout=300)
+    assert proc.returncode == 0, output_tail(proc)
+    streamed = json.loads((tmp_path / "model" / "summary.json").read_text())["streamed"]
+    assert streamed["memory_cap_mb"] == 0.15 and streamed["data_mb"] == 0.32, streamed
+    assert 0 < streamed["peak_mb"] <= 0.15, streamed
+    assert "streamed from the store under a memory cap of 0.15 MB" in " ".join(
+        proc.stdout.split())
+
+
 # --------------------------------------------------------------------------------------------
 # 2. Faults
 
@@ -331,12 +350,14 @@ def test_postgres_restarted_while_a_deployment_runs(production_profile, deployme
     time.sleep(2)
     postgres.start(data, profile.ports["postgres_port"], profile.root / "services" / "logs"
                    / "postgres.log", timeout=60)
+    worker_log = deployment["worker"].log
     # still in flight: the restart happened under the run
-    assert prefect(profile, "GET", f"/flow_runs/{flow_run_id}")["state_type"] == "RUNNING"
+    state = prefect(profile, "GET", f"/flow_runs/{flow_run_id}")
+    assert state["state_type"] == "RUNNING", (state["state"], tail(worker_log, 80))
     flow_run = wait_for(lambda: (r := prefect(profile, "GET", f"/flow_runs/{flow_run_id}"))[
         "state_type"] in ("COMPLETED", "FAILED", "CRASHED") and r, "the flow run's end",
         timeout=400, every=2)
-    assert flow_run["state_type"] == "COMPLETED", flow_run["state"]
+    assert flow_run["state_type"] == "COMPLETED", (flow_run["state"], tail(worker_log, 80))
     client = mlflow_client(profile)
     experiment = client.get_experiment_by_name(MODEL)
     (parent,) = client.search_runs([experiment.experiment_id],

@@ -69,6 +69,9 @@ def client_env(config: ServicesConfig, creds: Credentials, layout: Layout) -> di
         "AWS_REGION": REGION,
         "MLFLOW_S3_ENDPOINT_URL": s3,
         "PRNF_DATASET_ROOT": DATASET_ROOT,
+        # The Prefect client retries 429/502/503 only; a request that meets PostgreSQL
+        # restarting (or failing over) gets a 500: retried with backoff, a run survives it.
+        "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
     }
 
 
