@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from flows.config import PipelineParams
 from prnf_core.models import ModelConfig
-from prnf_core.paths import data_root
+from prnf_core.paths import dataset_root
 from prnf_core.train import TrainConfig, training_fingerprint, weights_digest
 from prnf_core.verdict import Fingerprint
 from tasks import health, registry, tracking
@@ -146,7 +146,8 @@ def apply_retention(params: PipelineParams, client, name: str, parent: str,
                     f"; kept {'; '.join(entry['skipped'])}" if entry["skipped"] else "")
     removed = []
     if policy.test_set_max_age_days is not None:
-        removed = prune_test_sets(data_root(), policy.test_set_max_age_days, keep=fixed_sets)
+        removed = prune_test_sets(dataset_root(), policy.test_set_max_age_days,
+                                  keep=fixed_sets)
         for path in removed:
             logger.info("retention: deleted test set %s", path)
     if duplicate is not None and policy.delete_model_dirs \

@@ -355,6 +355,40 @@ def _list(where: S3Location, limit: int) -> list[str]:
     return [item["Key"] for item in answer.get("Contents", [])]
 
 
+def list_stores(root: str) -> list[str]:
+    """The URLs of the ``*.zarr`` prefixes directly under the URL ``root`` (one level; some
+    services, SeaweedFS among them, still list a prefix emptied by :func:`remove_store`)."""
+    where = parse_url(root, "dataset root", need_key=False)
+    prefix = where.key.rstrip("/") + "/" if where.key else ""
+    pages = client().get_paginator("list_objects_v2").paginate(
+        Bucket=where.bucket, Prefix=prefix, Delimiter="/")
+    found = []
+    for page in _call(lambda: list(pages), where.url, f"bucket {where.bucket!r}"):
+        for common in page.get("CommonPrefixes", []):
+            key = common["Prefix"].rstrip("/")
+            if key.endswith(".zarr"):
+                found.append(f"s3://{where.bucket}/{key}")
+    return sorted(found)
+
+
+def remove_store(path: str) -> None:
+    """Delete the store at URL ``path``: its group document ``zarr.json`` first, so that what
+    an interruption leaves behind is no longer a store (readers and writers see none), then
+    every other object under its prefix."""
+    where = parse_url(path)
+    prefix = where.key.rstrip("/") + "/"
+    s3 = client()
+    _call(lambda: s3.delete_object(Bucket=where.bucket, Key=f"{prefix}zarr.json"), path,
+          "the store")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=where.bucket, Prefix=prefix)
+    for page in _call(lambda: list(pages), path, "the store"):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:  # at most 1000 a page, as delete_objects takes
+            _call(lambda keys=keys: s3.delete_objects(Bucket=where.bucket,
+                                                      Delete={"Objects": keys, "Quiet": True}),
+                  path, "the store")
+
+
 def lock_url(path: str | Path) -> str:
     """The lock object of the store at URL ``path``: ``<store>.lock`` beside its prefix."""
     return parse_url(str(path)).sibling(".lock").url

@@ -14,12 +14,15 @@ logged model or model directory that a kept version (or a version of another reg
 also uses is left in place, and the report says so. A model directory whose weights no longer
 match the version's ``weights_sha256`` tag holds another model and is left in place too.
 
-**Test sets** (:func:`prune_test_sets`). Dataset stores under ``<root>/datasets`` whose Zarr
-attributes say ``prnf.role == "test"`` and whose ``prnf.created_at`` is older than the maximum
-age are deleted, except those in ``keep``: the fixed regression test sets, and whatever the
-champion needs. Training sets, and stores without a role or creation time (written by older
-prnf versions), are never deleted by age. A store is renamed to a hidden sibling before it is
-removed, so a reader never sees half a store under its real name.
+**Test sets** (:func:`prune_test_sets`). Dataset stores in the dataset root
+(:func:`prnf_core.paths.dataset_root`: ``<data root>/datasets``, or ``$PRNF_DATASET_ROOT``, a
+local directory or an ``s3://`` prefix) whose Zarr attributes say ``prnf.role == "test"`` and
+whose ``prnf.created_at`` is older than the maximum age are deleted, except those in ``keep``:
+the fixed regression test sets, and whatever the champion needs. Training sets, and stores
+without a role or creation time (written by older prnf versions), are never deleted by age. A
+local store is renamed to a hidden sibling before it is removed, so a reader never sees half a
+store under its real name; a store on object storage loses its group document first
+(:func:`prnf_core.objectstore.remove_store`).
 
 The policy's settings are :class:`flows.config.RetentionConfig` (pipeline parameters).
 Both functions log nothing; they return what they did, and the caller reports it.
@@ -31,7 +34,8 @@ Both functions log nothing; they return what they did, and the caller reports it
 ...     for name, created in (("old", "2024-01-01T00:00:00Z"), ("new", "2024-03-01T00:00:00Z")):
 ...         group = zarr.open_group(root / "datasets" / f"{name}.zarr", mode="w", zarr_format=3)
 ...         group.attrs["prnf"] = {"role": "test", "created_at": created}
-...     deleted = prune_test_sets(root, 14, keep=set(), now=datetime(2024, 3, 2, tzinfo=UTC))
+...     deleted = prune_test_sets(root / "datasets", 14, keep=set(),
+...                               now=datetime(2024, 3, 2, tzinfo=UTC))
 ...     [Path(p).name for p in deleted], sorted(p.name for p in (root / "datasets").iterdir())
 (['old.zarr'], ['new.zarr'])
 """
@@ -51,6 +55,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+from prnf_core import objectstore
 from tasks.registry import logged_model_uri, weights_sha256
 
 __all__ = ["prune_registry", "prune_test_sets"]
@@ -231,24 +236,27 @@ def _remove_empty_parent(artifact_location: str, model_id: str) -> None:
 
 # -- test sets -----------------------------------------------------------------------------------
 
-def prune_test_sets(root: Path, max_age_days: float, keep: set[str],
+def prune_test_sets(folder: Path | str, max_age_days: float, keep: set[str],
                     now: datetime | None = None) -> list[str]:
-    """Delete the MC test sets under ``root/"datasets"`` older than ``max_age_days``.
+    """Delete the MC test sets in ``folder`` (a directory or an ``s3://`` prefix: the dataset
+    root) older than ``max_age_days``.
 
     A store is deleted only if its attributes say ``prnf.role == "test"`` and its
     ``prnf.created_at`` (ISO-8601, UTC when no offset is given) is more than ``max_age_days``
-    before ``now`` (default: the current time), and its absolute path is not in ``keep``.
-    Returns the deleted paths (absolute, as strings).
+    before ``now`` (default: the current time), and its path is not in ``keep``.
+    Returns the deleted paths (absolute, or URLs, as strings).
     """
-    folder = Path(root) / "datasets"
-    if not folder.is_dir():
-        return []
-    for leftover in folder.glob(f".*{_DELETING}"):  # a removal interrupted earlier
-        shutil.rmtree(leftover, ignore_errors=True)
     now = now or datetime.now(UTC)
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     limit = now - timedelta(days=max_age_days)
+    if objectstore.is_remote(folder):
+        return _prune_remote(str(folder), limit, {k.rstrip("/") for k in keep})
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    for leftover in folder.glob(f".*{_DELETING}"):  # a removal interrupted earlier
+        shutil.rmtree(leftover, ignore_errors=True)
     protected = {p for k in keep for p in (os.path.abspath(k), os.path.realpath(k))}
     deleted = []
     for store in sorted(folder.glob("*.zarr")):
@@ -257,22 +265,31 @@ def prune_test_sets(root: Path, max_age_days: float, keep: set[str],
         path = os.path.abspath(store)
         if path in protected or os.path.realpath(store) in protected:
             continue
-        meta = _prnf_attrs(store)
-        if meta.get("role") != "test":
-            continue
-        created = _parse_time(meta.get("created_at"))
-        if created is None or created >= limit:
-            continue
-        _remove_dir(store)
-        deleted.append(path)
+        if _expired(store, limit):
+            _remove_dir(store)
+            deleted.append(path)
     return deleted
 
 
-def _prnf_attrs(store: Path) -> dict[str, Any]:
-    import zarr
+def _prune_remote(root: str, limit: datetime, keep: set[str]) -> list[str]:
+    deleted = []
+    for url in objectstore.list_stores(root):
+        if url not in keep and _expired(url, limit):
+            objectstore.remove_store(url)
+            deleted.append(url)
+    return deleted
 
+
+def _expired(store: Path | str, limit: datetime) -> bool:
+    """Whether ``store`` is a test set created before ``limit``."""
+    meta = _prnf_attrs(store)
+    created = _parse_time(meta.get("created_at"))
+    return meta.get("role") == "test" and created is not None and created < limit
+
+
+def _prnf_attrs(store: Path | str) -> dict[str, Any]:
     try:
-        meta = zarr.open_group(store, mode="r", zarr_format=3).attrs.get("prnf")
+        meta = objectstore.open_group(store, "r").attrs.get("prnf")
     except Exception:  # not a Zarr v3 group (or unreadable): not ours to judge
         return {}
     return dict(meta) if isinstance(meta, dict) else {}

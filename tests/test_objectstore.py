@@ -317,6 +317,39 @@ def test_family_store_grows_on_s3_under_the_dataset_root(s3, tmp_path, monkeypat
                                                      .path))
 
 
+def test_old_test_sets_on_s3_are_pruned_and_nothing_else(s3):
+    """Retention on an s3:// dataset root: an expired test set goes (group document first),
+    a kept one, a new one, a training set and the lock beside a store stay."""
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.retention import prune_test_sets
+
+    client, root = s3
+    now = datetime.now(UTC)
+    old = (now - timedelta(days=20)).isoformat()
+    stores = {}
+    for name, role, created in [("old-test", "test", old), ("kept", "test", old),
+                                ("new-test", "test", now.isoformat()),
+                                ("old-train", "train", old)]:
+        url = f"{root}/{name}.zarr"
+        group = objectstore.open_group(url, "w")
+        group.attrs["prnf"] = {"role": role, "created_at": created}
+        group.create_array("xT", shape=(4, 1), chunks=(2, 1), dtype="f8")[:] = np.ones((4, 1))
+        stores[name] = url
+    prefix = root.removeprefix(f"s3://{BUCKET}/")
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/kept.zarr.lock", Body=b"{}")
+    assert objectstore.list_stores(root) == sorted(stores.values())
+
+    deleted = prune_test_sets(root, 14, keep={stores["kept"]})
+    assert deleted == [stores["old-test"]]
+    assert _keys(client, f"{prefix}/old-test.zarr") == {}
+    for name in ("kept", "new-test", "old-train"):
+        assert "zarr.json" in _keys(client, f"{prefix}/{name}.zarr"), name
+    # (SeaweedFS may still list the emptied prefix, as a filer directory: not a store any more)
+    assert prune_test_sets(root, 14, keep={stores["kept"]}) == []
+    assert client.head_object(Bucket=BUCKET, Key=f"{prefix}/kept.zarr.lock")
+
+
 def test_cli_info_and_repair_params_take_an_s3_store(s3):
     from typer.testing import CliRunner
 

@@ -144,7 +144,7 @@ def test_prune_test_sets_by_role_age_and_keep(tmp_path, monkeypatch):
         "legacy": make_store(tmp_path, "legacy"),  # no role, no created_at
         "bad_time": make_store(tmp_path, "bad-time", role="test", created_at="last week"),
     }
-    deleted = prune_test_sets(tmp_path, 14, keep={stores["regression"]}, now=now)
+    deleted = prune_test_sets(tmp_path / "datasets", 14, keep={stores["regression"]}, now=now)
     assert deleted == [stores["old_test"]]
     assert not Path(stores["old_test"]).exists()
     assert all(Path(p).is_dir() for k, p in stores.items() if k != "old_test")
@@ -152,7 +152,8 @@ def test_prune_test_sets_by_role_age_and_keep(tmp_path, monkeypatch):
         Path(p).name for k, p in stores.items() if k != "old_test")  # no hidden leftovers
     # everything older than a day, keep by a relative spelling of the path
     monkeypatch.chdir(tmp_path)
-    deleted = prune_test_sets(tmp_path, 1, keep={"datasets/regression.zarr"}, now=now)
+    deleted = prune_test_sets(tmp_path / "datasets", 1, keep={"datasets/regression.zarr"},
+                              now=now)
     assert deleted == [stores["new_test"]]
     assert prune_test_sets(tmp_path / "nowhere", 0, keep=set()) == []
 
