@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from production import parse_exports
 from pydantic import ValidationError
 from services import BIN, clean_env, output_tail
 
@@ -152,17 +153,6 @@ def _missing() -> str | None:
 def prnf(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([BIN / "prnf", "services", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def parse_exports(text: str) -> dict[str, str]:
-    import shlex
-
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            values[key] = shlex.split(value)[0] if value else ""
-    return values
 
 
 def _logs(services: Path) -> str:
