@@ -22,7 +22,7 @@ from typing import Any
 from flows.services import postgres, stack
 from flows.services.config import Layout, ServicesConfig
 from flows.services.credentials import Credentials, load_or_create
-from flows.services.process import Service, alive, create_time, same_process, tail
+from flows.services.process import Service, alive, create_time, same_process
 from prnf_core.errors import ConfigError, PrnfError
 from prnf_core.paths import atomic_path
 
@@ -326,6 +326,3 @@ def export_lines(values: dict[str, str]) -> str:
 
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
 
-
-def log_tail(name: str, lines: int = 20) -> str:
-    return tail(Layout().log(name), lines)
