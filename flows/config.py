@@ -312,6 +312,11 @@ class PipelineParams(BaseModel):
         "sobol", description="How θ fills param_box: a scrambled Sobol sequence over the whole "
                              "training set, or i.i.d. uniform per chunk (both seeded by seed).",
     )
+    param_scale: dict[str, Literal["linear", "log"]] | None = Field(
+        None, description="Scale per parameter of param_box, e.g. {E0: log}: 'log' draws log θ "
+                          "uniformly and conditions the surrogate on log θ (needs low > 0; for a "
+                          "positive parameter spanning a factor of several); default 'linear'.",
+    )
 
     @field_validator("training", mode="before")
     @classmethod
@@ -351,7 +356,8 @@ class PipelineParams(BaseModel):
 
     def training_dataset(self) -> DatasetConfig:
         over = ({} if self.param_box is None else
-                {"param_box": self.param_box, "param_design": self.param_design})
+                {"param_box": self.param_box, "param_design": self.param_design,
+                 "param_scale": self.param_scale})
         return DatasetConfig(problem=self.problem, problem_params=self.problem_params,
                              n_particles=self.n_train, chunk_size=self.chunk_size,
                              t_end=self.t_end, dt=self.dt, seed=self.seed, dtype=self.dtype,
@@ -368,7 +374,7 @@ class PipelineParams(BaseModel):
     def surrogate_model(self) -> ModelConfig:
         """``model`` with the conditioning box of the training data (snapshot times and
         ``param_box``) when it declares none: what training derives from the store."""
-        box = Conditioning.of_dataset(self.save_times, self.param_box)
+        box = Conditioning.of_dataset(self.save_times, self.param_box, self.param_scale)
         if box is None or self.model.conditioning is not None:
             return self.model
         return ModelConfig.model_validate({**self.model.model_dump(mode="json"),
@@ -449,7 +455,7 @@ def condition_points(box: Conditioning | None, grid: ConditionGrid | None, horiz
     (None for a model without conditioning): the product of the times and each parameter's
     values of ``grid``, defaults for what it leaves out: the midpoint (on the ``dt`` grid) and
     the end of the time range (``horizon`` without one), each parameter at 25 % and 75 % of its
-    box.
+    box (on its scale: of log θ for a log-scale parameter).
 
     Raises:
         ConfigError: naming ``validation.conditions`` and the model's box: a grid for a model
@@ -488,8 +494,8 @@ def condition_points(box: Conditioning | None, grid: ConditionGrid | None, horiz
             raise ConfigError(f"{where}.times: {t!r} is not on the dt={dt:g} grid (a test set "
                               "is simulated to each time)")
     given = grid.params or {}
-    values = {name: given.get(name) or [lo + 0.25 * (hi - lo), lo + 0.75 * (hi - lo)]
-              for name, (lo, hi) in sorted(box.params.items())}
+    values = {name: given.get(name) or [box.param_at(name, 0.25), box.param_at(name, 0.75)]
+              for name in sorted(box.params)}
     points = [{"t": float(t), "params": {}} for t in times]
     for name, options in values.items():
         points = [{"t": p["t"], "params": {**p["params"], name: float(v)}}

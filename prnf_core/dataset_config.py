@@ -24,6 +24,10 @@ stored in the array ``theta``, a pure function of (config, chunk) (:func:`chunk_
 * ``"uniform"``: i.i.d. uniform in the box from the chunk's third child seed (its first two draw
   x0 and the noise, which are therefore the same with and without a ``param_box``).
 
+``param_scale={name: "log"}`` draws that parameter's design uniformly in log θ over the box
+(geometric spacing: as many particles from ×0.5 to ×1 of a field as from ×1 to ×2), and a model
+trained on the store is conditioned on log θ (:class:`~prnf_core.models.Conditioning`).
+
 With ``save_times`` this is the data of a surrogate conditioned on (t, θ)
 (:meth:`prnf_core.dataset.Dataset.conditioned_tuples`). The id covers ``param_box`` and
 ``param_design`` only when ``param_box`` is set, so ids of other configs are unchanged.
@@ -47,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from prnf_core.errors import ConfigError
 from prnf_core.initial import InitialSpec, Uniform, parse_initial
+from prnf_core.models.conditioning import check_param_scale
 from prnf_core.problems import get_problem
 from prnf_core.sde import SDE
 from prnf_core.simulate import (
@@ -97,6 +102,12 @@ class DatasetConfig(BaseModel):
         "sobol", description="How θ fills param_box: a scrambled Sobol sequence over the whole "
                              "dataset, or i.i.d. uniform per chunk (both seeded by `seed`).",
     )
+    param_scale: dict[str, Literal["linear", "log"]] | None = Field(
+        None, description="Scale of the design per parameter of param_box: 'log' draws log θ "
+                          "uniformly (needs low > 0; for a positive parameter spanning a factor "
+                          "of several, such as a field) and conditions the model on log θ; "
+                          "'linear' (the default) draws θ itself.",
+    )
     compile: bool | None = Field(
         None, description="Simulate with the compiled step (simulate(compile=True): 2-3x "
                           "faster for runaway2d, other rounding, so part of the id when on). "
@@ -121,6 +132,8 @@ class DatasetConfig(BaseModel):
         save_steps(self.save_times, self.horizon, self.step)
         if self.param_box is not None:
             _check_param_box(self.param_box, sde)
+        if self.param_scale:
+            check_param_scale(self.param_scale, self.param_box or {}, "param_scale")
         gen = self.noise_generator
         right = None if gen is None else noise_generator(generator_device(gen), self.dtype)
         if gen != right:
@@ -218,9 +231,17 @@ class DatasetConfig(BaseModel):
         # only when set: the ids of configs without per-particle parameters stay what they were
         if self.param_box is None:
             return {}
+        logs = self.log_params
         return {"param_box": {k: [float(lo), float(hi)] for k, (lo, hi) in
                               sorted(self.param_box.items())},
-                "param_design": self.param_design}
+                "param_design": self.param_design,
+                # only when some are on a log scale: ids of linear designs stay what they were
+                **({"param_scale": {k: "log" for k in logs}} if logs else {})}
+
+    @property
+    def log_params(self) -> list[str]:
+        """The parameters of ``param_box`` designed (and conditioned on) on a log scale."""
+        return sorted(k for k, kind in (self.param_scale or {}).items() if kind == "log")
 
     @property
     def param_names(self) -> list[str]:
@@ -295,6 +316,10 @@ def chunk_theta(config: DatasetConfig, index: int) -> np.ndarray | None:
     >>> theta = chunk_theta(cfg, 1)
     >>> theta.shape, bool(((theta >= [0.0, 0.5]) & (theta < [2.0, 1.0])).all())
     ((4, 2), True)
+    >>> geometric = DatasetConfig(problem="bm1d", n_particles=4000, chunk_size=4000,
+    ...                           param_box={"sigma": (0.1, 10.0)}, param_scale={"sigma": "log"})
+    >>> round(float(np.mean(chunk_theta(geometric, 0)[:, 0] < 1.0)), 2)  # geometric midpoint 1
+    0.5
     """
     if config.param_box is None:
         return None
@@ -315,7 +340,11 @@ def chunk_theta(config: DatasetConfig, index: int) -> np.ndarray | None:
         unit = np.random.default_rng(theta_seq).random((stop - start, len(names)))
     low = np.array([config.param_box[k][0] for k in names], dtype=np.float64)
     high = np.array([config.param_box[k][1] for k in names], dtype=np.float64)
-    return np.ascontiguousarray(low + unit * (high - low), dtype=np.float64)
+    logs = np.array([k in config.log_params for k in names], dtype=bool)
+    low, high = (np.where(logs, np.log(np.where(logs, bound, 1.0)), bound) for bound in (low, high))
+    theta = low + unit * (high - low)
+    theta = np.where(logs, np.exp(np.where(logs, theta, 0.0)), theta)
+    return np.ascontiguousarray(theta, dtype=np.float64)
 
 
 def simulate_chunk_arrays(

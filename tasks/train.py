@@ -51,7 +51,8 @@ def train_model(data: str, model: ModelConfig, training: TrainConfig,
         )
     model = model.for_problem(dataset.config.sde())
     if model.conditioning is None:  # a store over (t, θ): one model over the whole box
-        box = Conditioning.of_dataset(dataset.config.save_times, dataset.config.param_box)
+        box = Conditioning.of_dataset(dataset.config.save_times, dataset.config.param_box,
+                                       dataset.config.param_scale)
         if box is not None:
             model = ModelConfig.model_validate({**model.model_dump(mode="json"),
                                                 "conditioning": box.model_dump(mode="json")})

@@ -306,6 +306,38 @@ def test_sobol_design_is_one_sequence_over_chunks_and_a_prefix_when_grown():
     assert chunk_theta(_cfg(param_box=None), 0) is None
 
 
+@pytest.mark.filterwarnings("ignore:The balance properties of Sobol:UserWarning")
+@pytest.mark.parametrize("design", ["sobol", "uniform"])
+def test_a_log_scale_design_is_the_linear_one_in_log_theta(design):
+    """The same unit points, mapped to log θ: θ = low (high/low)^u for a log-scale parameter,
+    the other columns untouched."""
+    box = {"mu": (-1.0, 1.0), "sigma": (0.5, 2.0)}
+    linear = chunk_theta(_cfg(param_box=box, param_design=design), 1)
+    logged = chunk_theta(_cfg(param_box=box, param_design=design,
+                              param_scale={"sigma": "log"}), 1)
+    np.testing.assert_array_equal(logged[:, 0], linear[:, 0])
+    unit = (linear[:, 1] - 0.5) / 1.5
+    np.testing.assert_allclose(logged[:, 1], 0.5 * 4.0 ** unit, rtol=1e-12)
+    assert ((logged[:, 1] >= 0.5) & (logged[:, 1] < 2.0)).all()
+
+
+def test_param_scale_enters_the_id_only_when_log_and_is_validated():
+    boxed = _cfg()
+    assert "param_scale" not in boxed.resolved()
+    assert _cfg(param_scale={"sigma": "linear"}).dataset_id() == boxed.dataset_id()
+    logged = _cfg(param_scale={"sigma": "log"})
+    assert logged.resolved()["param_scale"] == {"sigma": "log"}
+    assert logged.dataset_id() != boxed.dataset_id() and logged.log_params == ["sigma"]
+    with pytest.raises(ValueError, match=r"param_scale\.mu: a log scale needs a box with "
+                                         r"low > 0, got \[-1\.0, 1\.0\]"):
+        _cfg(param_scale={"mu": "log"})
+    with pytest.raises(ValueError, match=r"param_scale: 'kappa' is not in the parameter box; "
+                                         r"allowed: \['mu', 'sigma'\]"):
+        _cfg(param_scale={"kappa": "log"})
+    with pytest.raises(ValueError, match=r"param_scale: 'sigma' is not in the parameter box"):
+        _cfg(param_box=None, param_scale={"sigma": "log"})
+
+
 def test_uniform_design_is_a_third_child_and_leaves_x0_and_noise_alone():
     cfg = _cfg(param_design="uniform")
     theta = chunk_theta(cfg, 2)

@@ -102,6 +102,49 @@ def test_the_box_fixes_the_condition_normalization():
     torch.testing.assert_close(model.c_mean, torch.tensor([0.55, 1.25], dtype=torch.float64))
 
 
+def test_a_log_scale_parameter_enters_as_its_log():
+    box = Conditioning(time=(0.1, 1.0), params={"E0": (2e-4, 1.25e-3)},
+                       param_scale={"E0": "log"})
+    model = make(box=box)
+    torch.testing.assert_close(model.c_mean[1], torch.tensor(np.log(5e-4), dtype=torch.float64))
+    torch.testing.assert_close(model.c_std[1], torch.tensor(np.log(6.25) / 2, dtype=torch.float64))
+    x0 = np.zeros((3, 2))
+    _, ctx = model.normalize(torch.zeros(3, 2, dtype=torch.float64), None, torch.as_tensor(
+        box.features(3, t=1.0, params={"E0": [2e-4, 5e-4, 1.25e-3]})))
+    torch.testing.assert_close(ctx[:, -1], torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64))
+    assert box.example() == {"t": 1.0, "E0": pytest.approx(5e-4)}
+    # no logarithm of a field <= 0, not even to extrapolate
+    with pytest.raises(ConfigError, match=r"^E0: 0\.0 is not > 0, and the model takes E0 on a "
+                                          r"log scale"):
+        model.sample(x0, t=0.5, params={"E0": 0.0}, allow_outside=True)
+    # a linear scale is the default: the box and its dump are the plain ones
+    plain = Conditioning(time=(0.1, 1.0), params={"E0": (2e-4, 1.25e-3)},
+                         param_scale={"E0": "linear"})
+    assert plain == Conditioning(time=(0.1, 1.0), params={"E0": (2e-4, 1.25e-3)})
+    assert "param_scale" not in plain.model_dump() and box.model_dump()["param_scale"] == {
+        "E0": "log"}
+    with pytest.raises(ValidationError, match=r"param_scale\.E0: a log scale needs a box with "
+                                              r"low > 0"):
+        Conditioning(params={"E0": (0.0, 1.0)}, param_scale={"E0": "log"})
+    with pytest.raises(ValidationError, match=r"param_scale: 'Z' is not in the parameter box; "
+                                              r"allowed: \['E0'\]"):
+        Conditioning(params={"E0": (1.0, 2.0)}, param_scale={"Z": "log"})
+
+
+def test_a_log_scale_box_survives_save_load_and_the_fingerprint(tmp_path):
+    box = Conditioning(time=(0.1, 1.0), params={"mu": (0.5, 2.0)}, param_scale={"mu": "log"})
+    model = make(box=box)
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m", device="cpu")
+    assert loaded.config.conditioning == box
+    x0, y = np.zeros((3, 2)), np.ones((3, 2))
+    torch.testing.assert_close(loaded.log_prob(y, x0, t=0.3, params={"mu": 1.0}),
+                               model.log_prob(y, x0, t=0.3, params={"mu": 1.0}), rtol=0, atol=0)
+    training = TrainConfig(epochs=1, progress=False)
+    linear = training_fingerprint("d", ModelConfig(dim=1, conditioning=BOX), training)[1]
+    assert training_fingerprint("d", ModelConfig(dim=1, conditioning=box), training)[1] != linear
+
+
 # -- the API -----------------------------------------------------------------------------------
 def test_time_scaling_is_on_for_a_time_box_and_refused_without_one():
     assert ModelConfig(dim=1, conditioning=BOX).time_scaling is True

@@ -168,6 +168,25 @@ def test_default_grid_and_family_cover_the_box():
     assert unconditioned.validation_sets(laws, None)[2] is None
 
 
+def test_a_log_scale_parameter_reaches_the_design_the_model_and_the_grid():
+    params = PipelineParams.model_validate(raw(param_scale={"mu": "log"}))
+    data = params.training_dataset()
+    assert data.log_params == ["mu"]
+    assert data.dataset_id() != PipelineParams.model_validate(raw()).training_dataset().dataset_id()
+    # 'linear' is the default: saying it changes nothing
+    assert PipelineParams.model_validate(raw(param_scale={"mu": "linear"})).training_dataset(
+        ).dataset_id() == PipelineParams.model_validate(raw()).training_dataset().dataset_id()
+    box = params.surrogate_model().conditioning
+    assert box.param_scale == {"mu": "log"}
+    # the default grid sits at 25 % and 75 % of log mu: geometric, not arithmetic
+    low, high = MU_BOX
+    expected = sorted({low * (high / low) ** f for f in (0.25, 0.75)})
+    assert sorted({p["params"]["mu"] for p in params.condition_points()}) == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"param_scale: 'sigma' is not in the parameter box; "
+                                         r"allowed: \['mu'\]"):
+        PipelineParams.model_validate(raw(param_scale={"sigma": "log"}))
+
+
 def _fields(schema: dict, *path: str) -> dict:
     """The properties of the (nested) model at ``path`` in a Prefect parameter schema."""
     defs = schema.get("definitions") or schema.get("$defs") or {}
@@ -190,7 +209,7 @@ def test_prefect_forms_describe_the_condition_fields():
     for name in ("time", "sde_params", "allow_outside"):
         assert sample[name].get("description"), name
     pipeline = _fields(parameter_schema(pipeline_flow).model_dump(), "params")
-    for name in ("save_times", "param_box", "param_design"):
+    for name in ("save_times", "param_box", "param_design", "param_scale"):
         assert pipeline[name].get("description"), name
     conditions = _fields(parameter_schema(pipeline_flow).model_dump(), "params", "validation")
     assert "grid" in conditions["conditions"]["description"]

@@ -367,7 +367,9 @@ class ConditionalSampler(nn.Module):
                     columns += [torch.sin(angle), torch.cos(angle)]
             ctx = torch.cat(columns, dim=1)
         if self.config.cond_dim:
-            ctx = torch.cat([ctx, (cond - self.c_mean) / self.c_std], dim=1)
+            box = self.config.conditioning
+            features = cond if box is None else box.transform(cond)  # log θ on a log scale
+            ctx = torch.cat([ctx, (features - self.c_mean) / self.c_std], dim=1)
         if y is None:
             return None, ctx
         mean, std = self._target_scale(cond)

@@ -20,9 +20,14 @@ Normalization: each condition feature is mapped affinely from its box to :math:`
     s_j = \frac{hi_j - lo_j}2,
 
 fixed by the declared box (not by the training sample), so the same condition means the same
-input whatever rows a model was trained on. Outside the box the model extrapolates: the
-physical-unit API (:class:`~prnf_core.models.base.ConditionalSampler`) refuses such conditions
-unless ``allow_outside=True``, and then warns.
+input whatever rows a model was trained on. A parameter declared on a log scale
+(``param_scale={name: "log"}``, for a positive parameter spanning a factor of several, such as an
+electric field) enters as :math:`\log θ_j`, mapped from :math:`[\log a_j, \log b_j]`: equal
+ratios of θ are then equal steps of the feature, which is how such a response varies.
+
+Outside the box the model extrapolates: the physical-unit API
+(:class:`~prnf_core.models.base.ConditionalSampler`) refuses such conditions unless
+``allow_outside=True``, and then warns.
 
 >>> from prnf_core.models.conditioning import Conditioning
 >>> box = Conditioning(time=(0.0, 1.0), params={"sigma": (0.1, 0.5), "mu": (0.5, 2.0)})
@@ -32,6 +37,11 @@ unless ``allow_outside=True``, and then warns.
 [[0.5, 1.0, 0.2], [0.5, 2.0, 0.2]]
 >>> box.normalization()[0].tolist(), box.normalization()[1].tolist()
 ([0.5, 1.25, 0.3], [0.5, 0.75, 0.2])
+>>> logbox = Conditioning(params={"E0": (2e-4, 1.25e-3)}, param_scale={"E0": "log"})
+>>> rows = logbox.features(3, params={"E0": [2e-4, 5e-4, 1.25e-3]})
+>>> mean, std = logbox.normalization()
+>>> ((logbox.transform(rows) - mean) / std)[:, 0].round(6).tolist()
+[-1.0, 0.0, 1.0]
 >>> try:
 ...     box.check(box.features(1, t=1.5, params={"mu": 1.0, "sigma": 0.2}))
 ... except ValueError as error:
@@ -44,10 +54,20 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import torch
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from prnf_core.errors import ConfigError
 
@@ -76,6 +96,11 @@ class Conditioning(BaseModel):
     params: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="SDE parameter boxes {name: [low, high]} (low < high); "
                                           "the condition columns take them in sorted order.")
+    param_scale: dict[str, Literal["linear", "log"]] = Field(
+        default_factory=dict, description="Scale of a parameter's condition feature: 'log' "
+                                          "(log θ mapped to [-1, 1]; needs low > 0) for a "
+                                          "positive parameter spanning a factor of several; "
+                                          "'linear' (the default) otherwise.")
 
     @field_validator("time")
     @classmethod
@@ -99,17 +124,36 @@ class Conditioning(BaseModel):
                 raise ValueError(f"params.{name}: needs low < high (finite), got [{low}, {high}]")
         return dict(sorted(value.items()))
 
+    @field_validator("param_scale")
+    @classmethod
+    def _only_log(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        """Checked against the boxes; only the log entries are kept ('linear' is the default,
+        so a box serializes one way)."""
+        check_param_scale(value, info.data.get("params") or {}, "param_scale")
+        return {name: scale for name, scale in sorted(value.items()) if scale == "log"}
+
     @model_validator(mode="after")
     def _not_empty(self) -> Conditioning:
         if self.time is None and not self.params:
             raise ValueError("conditioning: declare a time range, parameter boxes or both")
         return self
 
+    @model_serializer(mode="wrap")
+    def _omit_linear(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A box without log parameters serializes as before the field existed, so the
+        # fingerprints (and registered-model names) of such models are unchanged.
+        data = handler(self)
+        if not data.get("param_scale"):
+            data.pop("param_scale", None)
+        return data
+
     @classmethod
     def of_dataset(cls, save_times: list[float] | None,
-                   param_box: Mapping[str, tuple[float, float]] | None) -> Conditioning | None:
+                   param_box: Mapping[str, tuple[float, float]] | None,
+                   param_scale: Mapping[str, str] | None = None) -> Conditioning | None:
         """The box a dataset's rows cover: its snapshot times (when there are two or more)
-        and its parameter box; None for a dataset of one horizon and fixed parameters.
+        and its parameter box (on the scale its design used); None for a dataset of one
+        horizon and fixed parameters.
 
         >>> Conditioning.of_dataset([0.25, 0.5, 1.0], {"mu": (0.5, 2.0)}).names
         ['t', 'mu']
@@ -120,7 +164,7 @@ class Conditioning(BaseModel):
         time = (times[0], times[-1]) if len(times) > 1 else None
         if time is None and not param_box:
             return None
-        return cls(time=time, params=dict(param_box or {}))
+        return cls(time=time, params=dict(param_box or {}), param_scale=dict(param_scale or {}))
 
     # -- the condition columns ----------------------------------------------------------------
     @property
@@ -137,15 +181,47 @@ class Conditioning(BaseModel):
         out = [self.time] if self.time is not None else []
         return out + [self.params[name] for name in sorted(self.params)]
 
+    def log_columns(self) -> list[bool]:
+        """Whether each column of :attr:`names` enters the model as its logarithm."""
+        return [self.param_scale.get(name) == "log" for name in self.names]
+
     def normalization(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(mean, std)`` mapping the box affinely to [-1, 1]: midpoints and half-widths."""
-        low, high = np.array(self.bounds(), dtype=np.float64).T
+        """``(mean, std)`` mapping the box affinely to [-1, 1] (on the log of a log-scale
+        column): midpoints and half-widths of the :meth:`transform`-ed bounds."""
+        low, high = self.transform(np.array(self.bounds(), dtype=np.float64).T)
         return (low + high) / 2, (high - low) / 2
 
+    def transform(self, cond: Any) -> Any:
+        """Condition rows (physical units, numpy or torch) with the log-scale columns replaced
+        by their logarithm: what :meth:`normalization` maps to [-1, 1]."""
+        logs = self.log_columns()
+        if not any(logs):
+            return cond
+        if isinstance(cond, torch.Tensor):
+            mask = torch.tensor(logs, device=cond.device)
+            return torch.where(mask, cond.clamp_min(torch.finfo(cond.dtype).tiny).log(), cond)
+        values = np.asarray(cond, dtype=np.float64)
+        return np.where(logs, np.log(np.maximum(values, np.finfo(np.float64).tiny)), values)
+
+    def param_at(self, name: str, fraction: float) -> float:
+        """The value of parameter ``name`` a ``fraction`` of the way through its box, on its
+        scale (geometrically for a log-scale parameter).
+
+        >>> box = Conditioning(params={"E0": (1.0, 100.0)}, param_scale={"E0": "log"})
+        >>> linear = Conditioning(params={"E0": (1.0, 100.0)})
+        >>> round(box.param_at("E0", 0.5), 12), linear.param_at("E0", 0.5)
+        (10.0, 50.5)
+        """
+        low, high = self.params[name]
+        if self.param_scale.get(name) == "log":
+            return float(math.exp(math.log(low) + fraction * (math.log(high) - math.log(low))))
+        return float(low + fraction * (high - low))
+
     def example(self) -> dict[str, float]:
-        """Example condition values: the upper end of the time range, the parameter midpoints."""
+        """Example condition values: the upper end of the time range, the parameter midpoints
+        (on each parameter's scale)."""
         out = {} if self.time is None else {"t": float(self.time[1])}
-        return out | {k: (lo + hi) / 2 for k, (lo, hi) in sorted(self.params.items())}
+        return out | {k: self.param_at(k, 0.5) for k in sorted(self.params)}
 
     # -- building and checking condition rows ----------------------------------------------------
     def features(self, n: int, t: Any = None, params: Mapping[str, Any] | None = None
@@ -193,6 +269,10 @@ class Conditioning(BaseModel):
                               f"{values.shape}")
         if len(values) == 0:
             return
+        for j, (name, is_log) in enumerate(zip(self.names, self.log_columns(), strict=True)):
+            if is_log and float(values[:, j].min()) <= 0:  # no log even to extrapolate
+                raise ConfigError(f"{name}: {_fmt(values[:, j].min())} is not > 0, and the "
+                                  f"model takes {name} on a log scale (param_scale)")
         problems = []
         for j, (name, (low, high)) in enumerate(zip(self.names, self.bounds(), strict=True)):
             lo_given, hi_given = float(values[:, j].min()), float(values[:, j].max())
@@ -211,6 +291,23 @@ class Conditioning(BaseModel):
             raise ConfigError(f"{message}; pass allow_outside=True to extrapolate anyway")
         warnings.warn(f"{message}: the model extrapolates (allow_outside=True)", UserWarning,
                       stacklevel=3)
+
+
+def check_param_scale(scale: Mapping[str, str], box: Mapping[str, tuple[float, float]],
+                      where: str) -> None:
+    """Refuse a ``param_scale`` (field ``where``) that names a parameter outside ``box``, or
+    puts on a log scale a parameter whose box reaches 0 or below.
+
+    Raises:
+        ValueError: naming ``where``, the parameter and the allowed names or bound.
+    """
+    for name, kind in scale.items():
+        if name not in box:
+            raise ValueError(f"{where}: {name!r} is not in the parameter box; allowed: "
+                             f"{sorted(box)}")
+        if kind == "log" and box[name][0] <= 0:
+            raise ValueError(f"{where}.{name}: a log scale needs a box with low > 0, got "
+                             f"[{box[name][0]}, {box[name][1]}]")
 
 
 def _column(name: str, value: Any, n: int) -> np.ndarray:

@@ -84,9 +84,12 @@ def ou1d_rate(*, mu: float = 1.0, t_end: float = 1.0, dt: float = 0.005,
 
     def diffusion(x: torch.Tensor, t: float, p: dict) -> torch.Tensor:
         mu_ = p["mu"]
-        if isinstance(mu_, torch.Tensor):  # per particle: an (n, 1) per-particle diagonal
-            return torch.sqrt(1.0 + mu_ * mu_)
-        return torch.tensor([math.sqrt(1.0 + mu_ * mu_)], dtype=x.dtype, device=x.device)
+        if not isinstance(mu_, torch.Tensor):  # fixed μ: a (1,) additive σ
+            mu_ = torch.tensor([mu_], dtype=x.dtype, device=x.device)
+        # torch's square root for both paths (an (n, 1) per-particle diagonal or the fixed
+        # (1,)): some CPU builds round it differently from math.sqrt, and a particle at the
+        # default μ must follow the fixed path bit for bit
+        return torch.sqrt(1.0 + mu_ * mu_)
 
     return SDE(
         name="ou1d_rate", dim=1, drift=drift, diffusion=diffusion, noise="additive",
