@@ -104,15 +104,19 @@ def main() -> None:
     parser.add_argument("--mc", type=int, default=100_000, help="MC particles per (E0, T̂0)")
     parser.add_argument("--samples", type=int, default=200_000,
                         help="surrogate samples per question")
+    parser.add_argument("--e0-scale", choices=["log", "linear"], default="log",
+                        help="scale of the E0 design and condition feature (param_scale)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    box = Conditioning(time=(min(TRAIN_TIMES), max(TRAIN_TIMES)), params={"E0": E0_BOX})
+    scale = {"E0": args.e0_scale}
+    box = Conditioning(time=(min(TRAIN_TIMES), max(TRAIN_TIMES)), params={"E0": E0_BOX},
+                       param_scale=scale)
     config = DatasetConfig(problem="runaway2d", n_particles=args.particles,
                            chunk_size=min(10_000, args.particles), save_times=TRAIN_TIMES,
-                           param_box={"E0": E0_BOX}, dtype="float32", seed=0)
+                           param_box={"E0": E0_BOX}, param_scale=scale, dtype="float32", seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         run_dataset(config, folder / "train.zarr")
@@ -146,6 +150,7 @@ def main() -> None:
         "particles": args.particles, "snapshot_times": len(TRAIN_TIMES),
         "rows": result.n_train + result.n_val, "epochs": result.epochs_run,
         "architecture": args.architecture, "width": args.width, "layers": args.layers,
+        "e0_scale": args.e0_scale,
         "lam": args.lam, "lr": args.lr,
         "batch": args.batch, "threads": args.threads, "mc_particles": args.mc,
         "sur_samples": args.samples, "data_cpu_s": data_seconds, "train_cpu_s": train_seconds,
@@ -222,7 +227,9 @@ def write_page(out: Path, rows: list[dict], s: dict) -> None:
         "(t, E0), box t ∈ "
         f"[{min(TRAIN_TIMES):g}, {max(TRAIN_TIMES):g}], E0 ∈ [{E0_BOX[0]:.3g}, {E0_BOX[1]:.3g}] "
         f"(×0.4 to ×2.5 the default {E0_DEFAULT:.3g}). Training data: {s['particles']} particles, "
-        "x0 uniform on p ∈ [0.5, 5], ξ ∈ [-1, 1], E0 per particle from a scrambled Sobol design, "
+        "x0 uniform on p ∈ [0.5, 5], ξ ∈ [-1, 1], E0 per particle from a scrambled Sobol design "
+        + ("uniform in log E0 and conditioned on log E0 (param_scale), "
+           if s.get("e0_scale") == "log" else "uniform in E0, ") +
         f"snapshots at t = {TRAIN_TIMES[0]:g}, {TRAIN_TIMES[1]:g}, …, {TRAIN_TIMES[-1]:g} "
         f"({s['rows']} (x0, t, E0, X_t) rows), float32, dt = 0.005. Model: width {s['width']}, "
         f"{s['layers']} layers, λ = {s['lam']:g} (PRNF), {s['epochs']} epochs, batch "

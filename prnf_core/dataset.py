@@ -208,17 +208,20 @@ class Dataset:
         stored = {name: np.asarray(arr, dtype=arrays[name].dtype)  # hash what is stored
                   for name, arr in (("x0", x0), ("xT", xT), ("snapshots", snapshots),
                                     ("theta", theta)) if arr is not None}
-        # Three steps, each begun once the previous one is stored: the data arrays (separate
-        # objects, written at once, hashed meanwhile) and the timing (read only for done
-        # chunks), then the checksums, then the marker.
+        # Two steps: everything but the marker at once (the data arrays, separate objects;
+        # the timing, read only for done chunks; each checksum entry as soon as its array is
+        # hashed), then, once all of it is stored, the marker. A chunk is read only once
+        # marked, so the order among the first step's writes does not matter.
+        def checksum_entry(name: str, data: np.ndarray) -> None:
+            value = digest(data)
+            if checksum_name(name) in arrays:  # absent only in stores of older versions
+                arrays[checksum_name(name)][index] = value
+
         writes = [partial(arrays[name].__setitem__, chunk_region(name, start, stop), data)
                   for name, data in stored.items()]
         writes.append(partial(arrays["chunk_seconds"].__setitem__, index, seconds))
-        hashes = [partial(digest, data) for data in stored.values()]
-        digests = _at_once(writes + hashes)[len(writes):]
-        _at_once([partial(arrays[checksum_name(name)].__setitem__, index, value)
-                  for name, value in zip(stored, digests, strict=True)
-                  if checksum_name(name) in arrays])  # absent only in stores of older versions
+        writes += [partial(checksum_entry, name, data) for name, data in stored.items()]
+        _at_once(writes)
         arrays["chunk_done"][index] = 1
 
     def mark_not_done(self, indices: list[int]) -> None:
