@@ -363,19 +363,23 @@ def model_box(meta: dict[str, Any]) -> Conditioning | None:
 def conditioning_tags(box: Conditioning | None,
                       points: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """The MLflow tags of a conditioned model's domain (``conditioning.time = [a, b]``,
-    ``conditioning.params.<name> = [low, high]``) and, with ``points``, of its validation grid
+    ``conditioning.params.<name> = [low, high]``, ``conditioning.scale.<name> = log`` for a
+    log-scale parameter) and, with ``points``, of its validation grid
     (``validation.grid``: every point; ``validation.grid.t``, ``validation.grid.<name>``: the
     values); empty for a model without conditioning.
 
     >>> box = Conditioning(time=(0.25, 1.0), params={"mu": (0.5, 2.0)})
     >>> conditioning_tags(box)
     {'conditioning.time': '[0.25, 1.0]', 'conditioning.params.mu': '[0.5, 2.0]'}
+    >>> conditioning_tags(Conditioning(params={"mu": (0.5, 2.0)}, param_scale={"mu": "log"}))
+    {'conditioning.params.mu': '[0.5, 2.0]', 'conditioning.scale.mu': 'log'}
     """
     if box is None:
         return {}
     tags = {} if box.time is None else {"conditioning.time": json.dumps(list(box.time))}
     tags.update({f"conditioning.params.{k}": json.dumps([lo, hi])
                  for k, (lo, hi) in box.params.items()})
+    tags.update({f"conditioning.scale.{k}": scale for k, scale in box.param_scale.items()})
     if points:
         tags["validation.grid"] = "; ".join(condition_label(p, box) for p in points)
         if box.time is not None:
