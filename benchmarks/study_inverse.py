@@ -86,8 +86,10 @@ def study(problem: str, args: argparse.Namespace, folder: Path, out: Path | None
     case = {**case, "model": {**case["model"], **overrides}}
     model = build_model(ModelConfig(**case["model"]).for_problem(sde), seed=0)
     started = time.process_time()
-    fit(model, dataset, TrainConfig(epochs=epochs, batch_size=512, lr=2e-3, lam=10.0,
-                                    progress=False, threads=args.threads))
+    training = TrainConfig(**{"epochs": epochs, "batch_size": 512, "lr": 2e-3, "lam": 10.0,
+                              "progress": False, "threads": args.threads,
+                              **(json.loads(args.train) if args.train else {})})
+    fit(model, dataset, training)
     train_s = time.process_time() - started
     model.eval()
     print(f"{problem}: trained in {train_s:.0f} CPU s", flush=True)
@@ -124,7 +126,7 @@ def study(problem: str, args: argparse.Namespace, folder: Path, out: Path | None
     per_point_mc = mc_s / len(rows) * args.draws / args.mc  # MC CPU s for `draws` particles
     result = {"problem": problem, "region": region.describe(), "axes": list(case["axes"]),
               "fixed": case["fixed"], "particles": particles, "epochs": epochs,
-              "model": case["model"],
+              "model": case["model"], "ema_decay": training.ema_decay,
               "data_cpu_s": dataset.simulation_seconds(), "train_cpu_s": train_s,
               "map_cpu_s": map_s, "map_points": int(hits.probability.size),
               "draws": args.draws, "mc_per_point_cpu_s": per_point_mc,
@@ -183,8 +185,9 @@ def write_page(out: Path, results: list[dict], args: argparse.Namespace) -> None
                    f"- initial law {json.dumps(r['law'])}: no posterior: {r['posterior_note']}"),
                   f"- training: {r['particles']} particles ({r['data_cpu_s']:.0f} CPU s of "
                   f"simulation), model {json.dumps(r['model'])}, λ = 10 (PRNF), "
-                  f"{r['epochs']} epochs, "
-                  f"batch 512 ({r['train_cpu_s']:.0f} CPU s)", "",
+                  f"{r['epochs']} epochs, batch 512"
+                  + (f", EMA of the weights {r['ema_decay']:g}" if r.get("ema_decay") else "")
+                  + f" ({r['train_cpu_s']:.0f} CPU s)", "",
                   f"![map](inverse/{r['problem']}_map.png)", "",
                   *([f"![posterior](inverse/{r['problem']}_posterior.png)", ""]
                     if r["posterior_note"] is None else []),
@@ -223,6 +226,9 @@ def main() -> None:
     parser.add_argument("--model", default=None,
                         help='JSON of ModelConfig fields over the case\'s, e.g. '
                              '\'{"architecture": "nsf", "hidden_width": 128}\'')
+    parser.add_argument("--train", default=None,
+                        help='JSON of TrainConfig fields over the study\'s, e.g. '
+                             '\'{"ema_decay": 0.999}\'')
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
