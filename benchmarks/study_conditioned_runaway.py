@@ -106,6 +106,9 @@ def main() -> None:
                         help="surrogate samples per question")
     parser.add_argument("--e0-scale", choices=["log", "linear"], default="log",
                         help="scale of the E0 design and condition feature (param_scale)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the training data and of the model's initialization (the "
+                             "MC references keep theirs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -116,7 +119,8 @@ def main() -> None:
                        param_scale=scale)
     config = DatasetConfig(problem="runaway2d", n_particles=args.particles,
                            chunk_size=min(10_000, args.particles), save_times=TRAIN_TIMES,
-                           param_box={"E0": E0_BOX}, param_scale=scale, dtype="float32", seed=0)
+                           param_box={"E0": E0_BOX}, param_scale=scale, dtype="float32",
+                           seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         run_dataset(config, folder / "train.zarr")
@@ -124,9 +128,11 @@ def main() -> None:
         data_seconds = dataset.simulation_seconds()
         model = build_model(ModelConfig(architecture=args.architecture, dim=2,
                                         hidden_width=args.width,
-                                        hidden_layers=args.layers, conditioning=box), seed=0)
+                                        hidden_layers=args.layers, conditioning=box),
+                            seed=args.seed)
         training = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr,
-                               lam=args.lam, progress=False, threads=args.threads)
+                               lam=args.lam, progress=False, threads=args.threads,
+                               seed=args.seed)
         started = time.process_time()
         result = fit(model, dataset, training)
         train_seconds = time.process_time() - started
