@@ -164,10 +164,11 @@ def test_fingerprint_leaves_out_cosmetic_fields_and_the_preset_name():
 
 
 def test_a_stopped_early_run_resumes_without_another_epoch(tmp_path):
-    # lr 0.3 overshoots: with patience 1 it stops before the 6 epochs
-    cfg = config(epochs=6, lr=0.3, lr_schedule="constant", patience=1)
+    # lr 0.3 overshoots: with patience 1 it stops well before the 10 epochs (at 5-6 on the
+    # CPUs seen; where exactly depends on the CPU's rounding)
+    cfg = config(epochs=10, lr=0.3, lr_schedule="constant", patience=1)
     first = fit(model(), pairs(), cfg, checkpoint_dir=tmp_path)
-    assert first.stopped_early and first.epochs_run < 6
+    assert first.stopped_early and first.epochs_run < 10
     again = fit(model(), pairs(), cfg, checkpoint_dir=tmp_path, resume=True)
     assert again.stopped_early and again.steps == first.steps
     assert len(again.history) == first.epochs_run
