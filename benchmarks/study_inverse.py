@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import tempfile
 import time
@@ -241,7 +242,7 @@ def main() -> None:
             print(json.dumps({k: v for k, v in r.items() if k != "rows"}, default=float,
                              indent=1), flush=True)
     if args.out is not None:
-        command = "python benchmarks/study_inverse.py " + " ".join(sys.argv[1:])
+        command = "python benchmarks/study_inverse.py " + shlex.join(sys.argv[1:])
         for r in results:
             r["command"] = command
         write_page(args.out, kept_results(args.out, results), args)
