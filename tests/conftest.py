@@ -54,14 +54,24 @@ def private_data_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def production_profile():
-    """The production profile (``prnf services up``) in a fresh data root on free ports, for
-    the whole session; brought down at its end, failing if a process is left behind."""
-    from production import bring_down, bring_up
+def _production_profiles():
+    """The production profiles of the session: one, unless a test brought it down (`prnf
+    services down` is itself tested) and a later module needed it again. Each is brought down
+    at the end, failing if a process is left behind."""
+    from production import bring_down
 
-    profile = bring_up()
-    try:
-        yield profile
-    finally:
-        problems = bring_down(profile)
-        assert not problems, "prnf services down: " + "\n".join(problems)
+    profiles = []
+    yield profiles
+    problems = [p for profile in profiles for p in bring_down(profile)]
+    assert not problems, "prnf services down: " + "\n".join(problems)
+
+
+@pytest.fixture(scope="module")
+def production_profile(_production_profiles):
+    """The production profile (``prnf services up``) in a fresh data root on free ports, shared
+    by every module that needs it; brought up again only if a test brought it down."""
+    from production import bring_up
+
+    if not _production_profiles or _production_profiles[-1].down:
+        _production_profiles.append(bring_up())
+    return _production_profiles[-1]

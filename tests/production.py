@@ -1,8 +1,8 @@
 """The production profile for tests: ``prnf services up`` in a fresh data root on free ports.
 
-Used by the session fixture ``production_profile`` (tests/conftest.py), so that the profile is
-brought up once for every test module that needs it, and brought down at the end of the session
-with a check that no process was left behind.
+Used by the fixture ``production_profile`` (tests/conftest.py), so that the profile is brought
+up once for every test module that needs it (again only if a test brought it down), and brought
+down at the end of the session with a check that no process was left behind.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ class Profile:
     base: dict[str, str]  # environment that names only the data root (for `prnf services`)
     exported: dict[str, str]  # what `prnf services up` printed
     ports: dict[str, int] = field(default_factory=dict)
+    up: subprocess.CompletedProcess | None = None  # the `prnf services up` that started it
+    down: bool = False  # brought down by a test (`prnf services down` and its checks)
 
     @property
     def env(self) -> dict[str, str]:
@@ -97,28 +99,37 @@ def bring_up() -> Profile:
     weed = free_ports(4, offset=GRPC_OFFSET)
     while max(weed) + GRPC_OFFSET > 65535:
         weed = free_ports(4, offset=GRPC_OFFSET)
-    other = free_ports(5)
+    other = [p for p in free_ports(13) if p not in weed
+             and p not in {w + GRPC_OFFSET for w in weed}][:5]
     ports = {"s3_port": weed[0], "weed_master_port": weed[1], "weed_volume_port": weed[2],
              "weed_filer_port": weed[3], "postgres_port": other[0], "prefect_port": other[1],
              "mlflow_port": other[2], "dask_port": other[3], "dask_dashboard_port": other[4]}
     base = clean_env(PRNF_DATA_ROOT=root)
     profile = Profile(root, base, {}, ports)
-    proc = profile.services("up", *[a for k, v in ports.items()
-                                    for a in ("--set", f"{k}={v}")], timeout=400)
+    # the options a user types (--postgres-port, ..., --dask-workers), --set for the rest
+    flags = ("s3_port", "postgres_port", "prefect_port", "mlflow_port", "dask_port")
+    args = [a for k in flags for a in (f"--{k.replace('_', '-')}", ports[k])]
+    args += [a for k, v in ports.items() if k not in flags for a in ("--set", f"{k}={v}")]
+    args += ["--set", "health_timeout=150", "--dask-workers", "2"]
+    proc = profile.services("up", *args, timeout=400)
     if proc.returncode != 0:
         profile.services("down", timeout=120)
         shutil.rmtree(root, ignore_errors=True)
         raise RuntimeError(f"prnf services up failed\n{output_tail(proc)}")
     profile.exported = parse_exports(proc.stdout)
+    profile.up = proc
     return profile
 
 
 def bring_down(profile: Profile) -> list[str]:
-    """``prnf services down``; returns what is wrong (its failure, processes left behind)."""
+    """``prnf services down`` (unless a test did it); returns what is wrong (its failure,
+    processes left behind)."""
     problems = []
-    proc = profile.services("down", timeout=180)
-    if proc.returncode != 0:
-        problems.append(output_tail(proc))
+    if not profile.down:
+        proc = profile.services("down", timeout=180)
+        if proc.returncode != 0:
+            problems.append(output_tail(proc))
+        profile.down = True
     problems += profile.leftovers()
     if not problems:
         shutil.rmtree(profile.root, ignore_errors=True)

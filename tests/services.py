@@ -87,6 +87,13 @@ def prefect_worker(root: Path, env: dict[str, str], pool: str = "prnf-process") 
                    cwd=root)
 
 
+#: SIGTERM-to-SIGKILL grace for a Prefect worker at teardown. A worker that has run no flow exits
+#: in under a second; one that has run flow runs logs "Received SIGTERM. Sending SIGINT to the
+#: process worker" and then did not exit in any run looked at, so the default 20 s grace was
+#: spent waiting for the SIGKILL each time (what is left afterwards is still checked).
+WORKER_STOP_GRACE = 5.0
+
+
 def wait_worker_online(worker: Service, api: str, pool: str = "prnf-process",
                        timeout: float = 180.0) -> float:
     """Wait until the Prefect server lists a worker of ``pool`` as ONLINE (it has polled and sent

@@ -13,6 +13,7 @@ guarantees (nothing lost, bit-identical stores), not accuracy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,7 +25,7 @@ import httpx
 import numpy as np
 import pytest
 from production import REPO, Profile, run
-from services import BIN, Service, output_tail, tail, wait_worker_online
+from services import BIN, WORKER_STOP_GRACE, Service, output_tail, tail, wait_worker_online
 
 pytestmark = pytest.mark.production
 
@@ -57,33 +58,52 @@ def mlflow_client(profile: Profile):
     return MlflowClient(tracking_uri=url, registry_uri=url)
 
 
-def chunks_done(profile: Profile, url: str) -> int:
-    """How many chunks the store at ``url`` has marked done (0 before it exists)."""
-    from prnf_core.objectstore import open_group
-
+@contextlib.contextmanager
+def profile_aws_env(profile: Profile):
+    """The profile's ``AWS_*`` settings in this process's environment, restored afterwards."""
     env = {k: v for k, v in profile.exported.items() if k.startswith("AWS_")}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        group = open_group(url, "r")
-        return int(np.asarray(group["chunk_done"][:]).sum())
-    except Exception:
-        return 0
+        yield
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
+def chunks_done(profile: Profile, url: str) -> int:
+    """How many chunks the store at ``url`` has marked done (0 before it exists)."""
+    from prnf_core.objectstore import open_group
+
+    with profile_aws_env(profile):
+        try:
+            group = open_group(url, "r")
+            return int(np.asarray(group["chunk_done"][:]).sum())
+        except Exception:
+            return 0
+
+
+_ARRAYS: dict[str, dict[str, np.ndarray]] = {}  # of the local reference store, read once
+
+
 def store_arrays(profile: Profile, path: str) -> dict[str, np.ndarray]:
-    """Every array of the dataset store at ``path`` (read in a subprocess of the profile env)."""
-    code = ("import sys, numpy as np; from prnf_core.objectstore import open_group; "
-            "g = open_group(sys.argv[1], 'r'); "
-            "np.savez(sys.argv[2], **{k: g[k][:] for k in g.array_keys()})")
-    out = profile.root / f"arrays-{abs(hash(path))}.npz"
-    proc = run([BIN / "python", "-c", code, path, out], profile.env, timeout=120)
-    assert proc.returncode == 0, output_tail(proc)
-    with np.load(out) as data:
-        return dict(data)
+    """Every array of the dataset store at ``path`` (local, or on the profile's S3), read in
+    this process (a subprocess costs seconds of imports a call on a loaded machine) through a
+    fresh s3fs instance: nothing listed or cached while the store was written is reused. The
+    local reference store is read once."""
+    import s3fs
+
+    from prnf_core.objectstore import is_remote, open_group
+
+    if path in _ARRAYS:
+        return _ARRAYS[path]
+    s3fs.S3FileSystem.clear_instance_cache()
+    with profile_aws_env(profile):
+        group = open_group(path, "r")
+        arrays = {k: np.asarray(group[k][:]) for k in group.array_keys()}
+    if not is_remote(path):
+        _ARRAYS[path] = arrays
+    return arrays
 
 
 def assert_same_store(profile: Profile, a: str, b: str) -> None:
@@ -157,7 +177,7 @@ def deployment(production_profile):
         yield {"deployment": nightly, "worker": worker}
     finally:
         worker.snapshot()
-        leftovers = worker.stop()
+        leftovers = worker.stop(grace=WORKER_STOP_GRACE)
         assert not leftovers, f"processes left running: {leftovers}"
 
 

@@ -1,11 +1,12 @@
 """The production profile, ``prnf services up|status|down``, against real servers.
 
-One module-scoped fixture brings the whole profile up in a fresh data root on free ports
-(PostgreSQL 15, SeaweedFS S3, Prefect and MLflow servers on them, a Dask scheduler with two
-worker processes) with the real command; the tests use it as a user would (the exported
-environment, the credentials file) and the last one brings it down and looks for any process
-left behind. The fast tests at the top (credentials file mode, configuration errors, re-attached
-processes) need no server and carry no marker.
+The session's profile (the ``production_profile`` fixture, shared with
+tests/test_production_pipeline.py: one start-up) is the whole profile in a fresh data root on
+free ports (PostgreSQL 15, SeaweedFS S3, Prefect and MLflow servers on them, a Dask scheduler
+with two worker processes), brought up with the real command; the tests use it as a user would
+(the exported environment, the credentials file) and the last one brings it down and looks for
+any process left behind. The fast tests at the top (credentials file mode, configuration errors,
+re-attached processes) need no server and carry no marker.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ import psutil
 import pytest
 from production import parse_exports
 from pydantic import ValidationError
-from services import BIN, clean_env, output_tail
+from services import BIN, output_tail
 
 from flows.services import credentials as cred
-from flows.services.config import GRPC_OFFSET, ServicesConfig
-from flows.services.process import Service, free_ports
+from flows.services.config import ServicesConfig
+from flows.services.process import Service
 
 production = pytest.mark.production
 NAMES = ("postgres", "seaweedfs", "prefect", "mlflow", "dask-scheduler", "dask-worker")
@@ -155,19 +156,16 @@ def prnf(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Co
                           text=True, timeout=timeout)
 
 
-def _logs(services: Path) -> str:
-    return "\n".join(f"--- {log.name} ---\n" + "\n".join(log.read_text(errors="replace")
-                                                        .splitlines()[-25:])
-                     for log in sorted((services / "logs").glob("*.log")))
-
-
 class Profile:
-    def __init__(self, root: Path, env: dict[str, str], up: subprocess.CompletedProcess,
-                 seconds: float) -> None:
-        self.root, self.env, self.up, self.up_seconds = root, env, up, seconds
-        self.services = root / "data" / "services"
-        self.exports = parse_exports(up.stdout)
-        self.down = False
+    """The session's production profile (tests/production.py), seen as these tests use it."""
+
+    def __init__(self, shared) -> None:
+        self.shared = shared
+        self.data_root: Path = shared.root
+        self.env = shared.base  # names only the data root, as `prnf services` needs
+        self.up: subprocess.CompletedProcess = shared.up
+        self.services = shared.root / "services"
+        self.exports = parse_exports(shared.up.stdout)
 
     def state(self) -> dict:
         return json.loads((self.services / "state.json").read_text())
@@ -186,39 +184,24 @@ class Profile:
 
 
 @pytest.fixture(scope="module")
-def profile():
+def profile(request):
+    """The profile of the session (``production_profile``: one ``prnf services up`` for every
+    module that needs it). Other modules may have restarted a server behind the profile's back
+    (tests/test_production_pipeline.py restarts PostgreSQL with ``pg_ctl``), so ``up`` is run
+    again in-process first: it leaves healthy servers alone and records the running ones."""
     missing = _missing()
     if missing:
         pytest.skip(f"production profile unavailable: {missing}")
-    # under /tmp, traversable by the postgres user (pytest's tmp_path base is 0700)
-    root = Path(tempfile.mkdtemp(prefix="prnf-prod-", dir="/tmp"))
-    root.chmod(0o711)
-    weed = free_ports(4, offset=GRPC_OFFSET)
-    others = [p for p in free_ports(12) if p not in weed
-              and p not in {w + GRPC_OFFSET for w in weed}][:6]
-    options = dict(zip(["postgres-port", "prefect-port", "mlflow-port", "dask-port"],
-                       others[:4], strict=True))
-    options["s3-port"] = weed[0]
-    sets = {"weed_master_port": weed[1], "weed_volume_port": weed[2],
-            "weed_filer_port": weed[3], "dask_dashboard_port": others[4],
-            "health_timeout": 150}
-    args = [a for k, v in options.items() for a in (f"--{k}", str(v))]
-    args += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    env = clean_env(PRNF_DATA_ROOT=root / "data")
-    began = time.monotonic()
-    up = prnf(env, "up", *args, "--dask-workers", "2")
-    seconds = time.monotonic() - began
-    prof = Profile(root, env, up, seconds)
-    try:
-        assert up.returncode == 0, output_tail(up) + "\n" + _logs(prof.services)
-        print(f"\nprnf services up: {seconds:.1f} s (command), "
-              f"{prof.state()['up_seconds']} s (servers)")
-        yield prof
-    finally:
-        if not prof.down:  # the last test failed or did not run
-            down = prnf(env, "down")
-            assert down.returncode == 0, output_tail(down)
-        shutil.rmtree(root, ignore_errors=True)
+    shared = request.getfixturevalue("production_profile")
+    prof = Profile(shared)
+    with pytest.MonkeyPatch.context() as patch:
+        from flows.services import manager
+
+        patch.setenv("PRNF_DATA_ROOT", str(prof.data_root))
+        lines: list[str] = []
+        manager.up({}, echo=lines.append)
+    print(f"\nprnf services up: {prof.state()['up_seconds']} s (servers); again: {lines}")
+    return prof
 
 
 def invoke(profile: Profile, monkeypatch, *args: str):
@@ -228,7 +211,7 @@ def invoke(profile: Profile, monkeypatch, *args: str):
 
     from flows.cli import app
 
-    monkeypatch.setenv("PRNF_DATA_ROOT", str(profile.root / "data"))
+    monkeypatch.setenv("PRNF_DATA_ROOT", str(profile.data_root))
     return CliRunner().invoke(app, ["services", *args])
 
 
@@ -347,7 +330,7 @@ def test_a_server_that_fails_is_named_with_its_log_and_only_it_is_stopped(profil
                                                                            monkeypatch):
     from flows.services import manager, stack
 
-    monkeypatch.setenv("PRNF_DATA_ROOT", str(profile.root / "data"))
+    monkeypatch.setenv("PRNF_DATA_ROOT", str(profile.data_root))
     rec = profile.state()["services"]["mlflow"]
     assert Service.attach("mlflow", rec["pid"], rec["started"], Path(rec["log"])).stop() == []
     real = stack.service
@@ -413,7 +396,7 @@ def test_down_leaves_no_process_behind(profile, monkeypatch):
     sockets = [p for p in Path("/tmp").glob("seaweedfs-*.sock")
                if int(p.stem.rsplit("-", 1)[1]) in weed_ports]
     assert not sockets, sockets  # SeaweedFS's unix sockets in /tmp are removed
-    profile.down = True
+    profile.shared.down = True
     status = invoke(profile, monkeypatch, "status")
     assert status.exit_code == 1
     assert all(line.split()[1] == "stopped" for line in status.stdout.splitlines())

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from services import (
     BIN,
+    WORKER_STOP_GRACE,
     Service,
     clean_env,
     free_port,
@@ -486,7 +487,8 @@ def worker(stack, deployed):
         yield service
     finally:
         service.snapshot()
-        leftovers = service.stop()  # before the Prefect server goes: it says goodbye to it
+        # before the Prefect server goes: it says goodbye to it
+        leftovers = service.stop(grace=WORKER_STOP_GRACE)
         assert not leftovers, f"processes left running: {leftovers}"
 
 
