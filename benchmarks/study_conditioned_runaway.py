@@ -106,6 +106,8 @@ def main() -> None:
                         help="surrogate samples per question")
     parser.add_argument("--e0-scale", choices=["log", "linear"], default="log",
                         help="scale of the E0 design and condition feature (param_scale)")
+    parser.add_argument("--ema", type=float, default=None,
+                        help="EMA decay of the weights (TrainConfig.ema_decay); default: none")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the training data and of the model's initialization (the "
                              "MC references keep theirs)")
@@ -132,7 +134,7 @@ def main() -> None:
                             seed=args.seed)
         training = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr,
                                lam=args.lam, progress=False, threads=args.threads,
-                               seed=args.seed)
+                               seed=args.seed, ema_decay=args.ema)
         started = time.process_time()
         result = fit(model, dataset, training)
         train_seconds = time.process_time() - started
@@ -156,7 +158,7 @@ def main() -> None:
         "particles": args.particles, "snapshot_times": len(TRAIN_TIMES),
         "rows": result.n_train + result.n_val, "epochs": result.epochs_run,
         "architecture": args.architecture, "width": args.width, "layers": args.layers,
-        "e0_scale": args.e0_scale,
+        "e0_scale": args.e0_scale, "ema": args.ema, "seed": args.seed,
         "lam": args.lam, "lr": args.lr,
         "batch": args.batch, "threads": args.threads, "mc_particles": args.mc,
         "sur_samples": args.samples, "data_cpu_s": data_seconds, "train_cpu_s": train_seconds,
@@ -239,7 +241,9 @@ def write_page(out: Path, rows: list[dict], s: dict) -> None:
         f"snapshots at t = {TRAIN_TIMES[0]:g}, {TRAIN_TIMES[1]:g}, …, {TRAIN_TIMES[-1]:g} "
         f"({s['rows']} (x0, t, E0, X_t) rows), float32, dt = 0.005. Model: width {s['width']}, "
         f"{s['layers']} layers, λ = {s['lam']:g} (PRNF), {s['epochs']} epochs, batch "
-        f"{s['batch']}, lr {s['lr']:g}; time scaling of the increment and the atom at p_min "
+        f"{s['batch']}, lr {s['lr']:g}"
+        + (f", EMA of the weights {s['ema']:g}" if s.get("ema") else "")
+        + f", seed {s.get('seed', 0)}; time scaling of the increment and the atom at p_min "
         "(the defaults: prnf_core/models/time_scaling.py, atoms.py).", "",
         f"References: fresh MC, {s['mc_particles']} particles per (E0, T̂0) (Maxwellian initial "
         f"laws); {s['sur_samples']} surrogate samples per question. Rate: fraction with "
