@@ -40,7 +40,7 @@ def params(epochs: int, **extra) -> PipelineParams:
 
 
 @pytest.fixture(scope="module")
-def two_runs(prefect_harness):
+def two_runs(private_data_root, prefect_harness):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     good = pipeline_flow(params(epochs=40))
     bad = pipeline_flow(params(epochs=1, seed=5))

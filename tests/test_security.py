@@ -231,6 +231,11 @@ def test_absolute_paths_and_urls_are_used_as_given(root, tmp_path):
 def test_cli_takes_relative_paths_from_the_working_directory(prefect_harness, tmp_path,
                                                              monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # A wide console: a long temporary path stays on one line (under pytest-xdist it has one
+    # more level, popen-gwN/, and the workers' COLUMNS=80 was fixed when the console was made).
+    from flows.cli_support import out
+
+    monkeypatch.setattr(out, "_width", 400)
     result = CliRunner().invoke(app, ["simulate", "--problem", "bm1d", "-n", "20",
                                       "--chunk-size", "10", "--workers", "0", "--out", "rel.zarr"])
     assert result.exit_code == 0, result.output
