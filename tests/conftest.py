@@ -10,7 +10,13 @@ import pytest
 # Before prefect/mlflow are imported anywhere: a private Prefect home (cached results and the
 # ephemeral database must not leak between runs) and quiet telemetry.
 _SESSION_TMP = tempfile.mkdtemp(prefix="prnf-tests-")
-os.environ.setdefault("PREFECT_HOME", os.path.join(_SESSION_TMP, "prefect-home"))
+# A PREFECT_HOME set by the user is kept. pytest-xdist's workers inherit the environment of the
+# controller, where this file already ran: each worker gets a home of its own (two ephemeral
+# Prefect servers must not share one database).
+_OWN_HOME = "PRNF_TESTS_PREFECT_HOME"
+if os.environ.get("PREFECT_HOME") in (None, os.environ.get(_OWN_HOME)):
+    os.environ["PREFECT_HOME"] = os.environ[_OWN_HOME] = os.path.join(_SESSION_TMP,
+                                                                      "prefect-home")
 os.environ["PRNF_DATA_ROOT"] = os.path.join(_SESSION_TMP, "data")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -75,3 +81,31 @@ def production_profile(_production_profiles):
     if not _production_profiles or _production_profiles[-1].down:
         _production_profiles.append(bring_up())
     return _production_profiles[-1]
+
+
+# Under pytest-xdist (scripts/test.sh runs ``-n 2``): each module on one worker, so that a
+# module-scoped fixture starts its servers once; the modules that share the production profile
+# (a session fixture: one per worker) on the same worker; and the long, server-bound modules
+# first, so that the short ones fill the other worker instead of trailing at the end.
+_SAME_WORKER = {"tests/test_production_pipeline.py": "production profile",
+                "tests/test_production_services.py": "production profile"}
+_LONG_FIRST = ("production profile", "tests/test_services.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModuleScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return _SAME_WORKER.get(module, module)
+
+        def _assign_work_unit(self, node) -> None:
+            # the default order (most tests first), the long modules moved to the front
+            for scope in reversed(_LONG_FIRST):
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
+    return ModuleScheduling(config, log)
