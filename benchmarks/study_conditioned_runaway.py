@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import tempfile
 import time
@@ -65,30 +66,54 @@ def judge(t0: float, sur: float, mc: float) -> tuple[str, float, bool]:
     return f"abs ≤ {ABS_GOAL:g}", err, err <= ABS_GOAL
 
 
-def simulate_references(folder: Path, n_mc: int, chunk: int) -> tuple[list[dict], float]:
+def powered_size(t0: float, value: float) -> int:
+    """Samples for which the binomial SE of a rate ``value`` is a quarter of its goal's tolerance
+    (10 % of the rate, or 0.002 absolute): with that SE on both sides, a surrogate exactly equal
+    to the law misses its goal with probability P[|Z| > 2√2] ≈ 0.5 %, so a verdict judges the
+    surrogate and not the test's own noise."""
+    tolerance = REL_GOAL * value if t0 >= REL_FROM_T0 else ABS_GOAL
+    if value <= 0 or tolerance <= 0:
+        return 0
+    return math.ceil(value * (1 - value) / (tolerance / 4) ** 2)
+
+
+def _round_up(n: int, chunk: int) -> int:
+    return -(-n // chunk) * chunk
+
+
+def simulate_references(folder: Path, n_mc: int, chunk: int,
+                        n_max: int) -> tuple[list[dict], float, int]:
     """Fresh MC per (E0, T̂0); the default-E0 sets keep snapshots at every evaluation time.
-    Returns the rows (rates at t = 20 and, for the default E0, at every time) and the total
-    simulation CPU seconds."""
-    rows, seconds = [], 0.0
+    A set whose ``n_mc`` particles leave a rate's SE above a quarter of its tolerance
+    (:func:`powered_size`) is simulated again, with as many particles as that rate needs (at most
+    ``n_max``). Returns the rows (rates at t = 20 and, for the default E0, at every time) and
+    the total simulation CPU seconds and particles."""
+    rows, seconds, particles = [], 0.0, 0
     for i, factor in enumerate(E0_FACTORS):
         for j, t0 in enumerate(TEMPERATURES):
             default = factor == 1.0
-            config = DatasetConfig(
-                problem="runaway2d", problem_params={"E0": factor * E0_DEFAULT},
-                initial=Maxwellian(temperature=t0), n_particles=n_mc, chunk_size=chunk,
-                save_times=EVAL_TIMES if default else None, dtype="float32",
-                seed=2_100_000 + 10 * i + j)
-            store = folder / f"mc_{i}_{j}.zarr"
-            run_dataset(config, store)
-            data = open_dataset(store)
-            seconds += data.simulation_seconds()
-            if default:
-                snaps = data.load("snapshots")
-                for k, t in enumerate(EVAL_TIMES):
-                    rows.append({"factor": factor, "t0": t0, "t": t, "mc": rate(snaps[k])})
-            else:
-                rows.append({"factor": factor, "t0": t0, "t": T_END, "mc": rate(data.load("xT"))})
-    return rows, seconds
+            n = n_mc
+            while True:
+                config = DatasetConfig(
+                    problem="runaway2d", problem_params={"E0": factor * E0_DEFAULT},
+                    initial=Maxwellian(temperature=t0), n_particles=n, chunk_size=chunk,
+                    save_times=EVAL_TIMES if default else None, dtype="float32",
+                    seed=2_100_000 + 10 * i + j)
+                store = folder / f"mc_{i}_{j}_{n}.zarr"
+                run_dataset(config, store)
+                data = open_dataset(store)
+                seconds += data.simulation_seconds()
+                particles += n
+                finals = data.load("snapshots") if default else data.load("xT")[None]
+                times = EVAL_TIMES if default else [T_END]
+                rates = [rate(snap) for snap in finals]
+                needed = max(powered_size(t0, value) for value, _ in rates)
+                if needed <= n or n >= n_max:
+                    break
+                n = min(_round_up(needed, chunk), n_max)
+            rows += [{"factor": factor, "t0": t0, "t": t, "mc": r, "mc_particles": n}
+                     for t, r in zip(times, rates, strict=True)]
+    return rows, seconds, particles
 
 
 def main() -> None:
@@ -103,11 +128,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--mc", type=int, default=100_000, help="MC particles per (E0, T̂0)")
     parser.add_argument("--samples", type=int, default=200_000,
-                        help="surrogate samples per question")
+                        help="surrogate samples per question, at least (more where the rate "
+                             "needs them for a powered verdict)")
+    parser.add_argument("--mc-max", type=int, default=2_000_000,
+                        help="most MC particles or surrogate samples of one question, where a "
+                             "small rate needs more than --mc / --samples")
     parser.add_argument("--e0-scale", choices=["log", "linear"], default="log",
                         help="scale of the E0 design and condition feature (param_scale)")
     parser.add_argument("--ema", type=float, default=None,
                         help="EMA decay of the weights (TrainConfig.ema_decay); default: none")
+    parser.add_argument("--train", default=None,
+                        help="JSON of further TrainConfig fields, e.g. "
+                             "'{\"lr_schedule\": \"cosine\"}'")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the training data and of the model's initialization (the "
                              "MC references keep theirs)")
@@ -134,18 +166,22 @@ def main() -> None:
                             seed=args.seed)
         training = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr,
                                lam=args.lam, progress=False, threads=args.threads,
-                               seed=args.seed, ema_decay=args.ema)
+                               seed=args.seed, ema_decay=args.ema,
+                               **(json.loads(args.train) if args.train else {}))
         started = time.process_time()
         result = fit(model, dataset, training)
         train_seconds = time.process_time() - started
         print(f"trained: {train_seconds:.0f} CPU s, data {data_seconds:.0f} s", flush=True)
-        rows, mc_seconds = simulate_references(folder, args.mc, min(20_000, args.mc))
+        rows, mc_seconds, mc_particles = simulate_references(folder, args.mc, min(20_000, args.mc),
+                                               args.mc_max)
     model.eval()
     sample_seconds = 0.0
     for q, row in enumerate(rows):
         started = time.process_time()
         with torch.no_grad():
-            _, y = model.sample_initial(Maxwellian(temperature=row["t0"]), args.samples,
+            row["samples"] = max(args.samples,
+                                 min(powered_size(row["t0"], row["mc"][0]), args.mc_max))
+            _, y = model.sample_initial(Maxwellian(temperature=row["t0"]), row["samples"],
                                         seed=7_000 + q, t=row["t"],
                                         params={"E0": row["factor"] * E0_DEFAULT})
         sample_seconds += time.process_time() - started
@@ -158,11 +194,14 @@ def main() -> None:
         "particles": args.particles, "snapshot_times": len(TRAIN_TIMES),
         "rows": result.n_train + result.n_val, "epochs": result.epochs_run,
         "architecture": args.architecture, "width": args.width, "layers": args.layers,
-        "e0_scale": args.e0_scale, "ema": args.ema, "seed": args.seed,
+        "e0_scale": args.e0_scale, "ema": args.ema, "seed": args.seed, "train": args.train,
         "lam": args.lam, "lr": args.lr,
         "batch": args.batch, "threads": args.threads, "mc_particles": args.mc,
         "sur_samples": args.samples, "data_cpu_s": data_seconds, "train_cpu_s": train_seconds,
         "mc_cpu_s": mc_seconds, "mc_runs": questions, "sample_cpu_s": sample_seconds,
+        "mc_particles_total": mc_particles,
+        "sur_samples_total": sum(r["samples"] for r in rows),
+        "mc_max": args.mc_max,
         "sample_calls": len(rows),
         "grid_ok": all(r["ok"] for r in rows if r["t"] == T_END),
         "time_ok": all(r["ok"] for r in rows if r["factor"] == 1.0),
@@ -222,14 +261,18 @@ def write_page(out: Path, rows: list[dict], s: dict) -> None:
     evolution = [r for r in rows if r["factor"] == 1.0]
     misses = [r for r in rows if not r["ok"]]
     surrogate_fixed = s["data_cpu_s"] + s["train_cpu_s"]
-    per_mc = s["mc_cpu_s"] / s["mc_runs"]
-    per_sur = s["sample_cpu_s"] / s["sample_calls"]
+    # per question at the base sizes (--mc particles, --samples samples): the few questions
+    # simulated or sampled larger for a powered verdict are counted at their cost per particle
+    per_mc = s["mc_cpu_s"] / s["mc_particles_total"] * s["mc_particles"]
+    per_sur = s["sample_cpu_s"] / s["sur_samples_total"] * s["sur_samples"]
+    larger = sorted({(r["factor"], r["t0"], r["mc_particles"]) for r in rows
+                     if r["mc_particles"] > s["mc_particles"]})
     break_even = surrogate_fixed / (per_mc - per_sur) if per_mc > per_sur else math.inf
     header = ("| E0 | T̂0 | t | MC rate ± SE | surrogate rate ± SE | error (goal) | within goal "
               "| bias (combined SEs) |\n|---|---|---|---|---|---|---|---|")
     lines = [
         "# One surrogate over time and the electric field: runaway electrons (issue 14)", "",
-        f"Made by `python benchmarks/study_conditioned_runaway.py {' '.join(sys.argv[1:])}` "
+        f"Made by `python benchmarks/study_conditioned_runaway.py {shlex.join(sys.argv[1:])}` "
         f"(the 2-core CPU machine; torch on {s['threads']} thread(s)).", "",
         f"ONE conditioned {s.get('architecture', 'prnf').upper()} of p(X_t | x0; E0), condition "
         "(t, E0), box t ∈ "
@@ -243,10 +286,18 @@ def write_page(out: Path, rows: list[dict], s: dict) -> None:
         f"{s['layers']} layers, λ = {s['lam']:g} (PRNF), {s['epochs']} epochs, batch "
         f"{s['batch']}, lr {s['lr']:g}"
         + (f", EMA of the weights {s['ema']:g}" if s.get("ema") else "")
+        + (f", training options {s['train']}" if s.get("train") else "")
         + f", seed {s.get('seed', 0)}; time scaling of the increment and the atom at p_min "
         "(the defaults: prnf_core/models/time_scaling.py, atoms.py).", "",
         f"References: fresh MC, {s['mc_particles']} particles per (E0, T̂0) (Maxwellian initial "
-        f"laws); {s['sur_samples']} surrogate samples per question. Rate: fraction with "
+        f"laws); {s['sur_samples']} surrogate samples per question, more where a rate needs "
+        "them: both sides get at least the samples for which a rate's binomial SE is a quarter "
+        "of its tolerance (at most "
+        f"{s['mc_max']}), so that a surrogate equal to the law misses a goal with probability "
+        "≈ 0.5 % and a verdict is not the test's own noise"
+        + ("" if not larger else " (MC enlarged: " + ", ".join(
+            f"E0 ×{f:g}, T̂0 = {t0:g}: {n}" for f, t0, n in larger) + ")")
+        + ". Rate: fraction with "
         f"p > {RUNAWAY_P_STAR}; binomial SEs. Goal: within {REL_GOAL:.0%} of MC for "
         f"T̂0 ≥ {REL_FROM_T0:g}, within {ABS_GOAL:g} absolute below.", "",
         f"- rate vs (E0, T̂0) at t = 20: **{'MET' if s['grid_ok'] else 'MISSED'}**",
@@ -272,7 +323,9 @@ def write_page(out: Path, rows: list[dict], s: dict) -> None:
         f"| training ({s['epochs']} epochs) | {s['train_cpu_s']:.0f} |",
         f"| surrogate sampling, per call ({s['sur_samples']} samples) | {per_sur:.2f} |",
         f"| MC, per question ({s['mc_particles']} particles × 4000 steps) | {per_mc:.1f} |",
-        f"| MC for this page's {s['mc_runs']} questions | {s['mc_cpu_s']:.0f} |",
+        f"| MC for this page's {s['mc_runs']} questions ({s['mc_particles_total']} particles "
+        "in all, the enlarged ones included) | "
+        f"{s['mc_cpu_s']:.0f} |",
         f"| surrogate for this page's {s['sample_calls']} calls (data + training + sampling) | "
         f"{surrogate_fixed + s['sample_cpu_s']:.0f} |", "",
         f"**Break-even: {break_even:.0f} questions** (data + training = {surrogate_fixed:.0f} "

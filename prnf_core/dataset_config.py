@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from prnf_core.errors import ConfigError
 from prnf_core.initial import InitialSpec, Uniform, parse_initial
-from prnf_core.models.conditioning import check_param_scale
+from prnf_core.models.conditioning import check_param_scale, from_unit
 from prnf_core.problems import get_problem
 from prnf_core.sde import SDE
 from prnf_core.simulate import (
@@ -338,12 +338,9 @@ def chunk_theta(config: DatasetConfig, index: int) -> np.ndarray | None:
     else:
         theta_seq = chunk_seed(config.seed, index).spawn(3)[2]
         unit = np.random.default_rng(theta_seq).random((stop - start, len(names)))
-    low = np.array([config.param_box[k][0] for k in names], dtype=np.float64)
-    high = np.array([config.param_box[k][1] for k in names], dtype=np.float64)
-    logs = np.array([k in config.log_params for k in names], dtype=bool)
-    low, high = (np.where(logs, np.log(np.where(logs, bound, 1.0)), bound) for bound in (low, high))
-    theta = low + unit * (high - low)
-    theta = np.where(logs, np.exp(np.where(logs, theta, 0.0)), theta)
+    theta = from_unit(unit, [config.param_box[k][0] for k in names],
+                      [config.param_box[k][1] for k in names],
+                      [k in config.log_params for k in names])
     return np.ascontiguousarray(theta, dtype=np.float64)
 
 
