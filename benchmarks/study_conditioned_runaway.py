@@ -42,7 +42,7 @@ from prnf_core.runner import run_dataset
 from prnf_core.train import TrainConfig, fit
 
 E0_DEFAULT = get_problem("runaway2d").params["E0"]
-E0_BOX = (0.4 * E0_DEFAULT, 2.5 * E0_DEFAULT)
+E0_BOX_FACTORS = (0.4, 2.5)  # the training box of E0, × the default
 E0_FACTORS = (0.5, 1.0, 2.0)
 TEMPERATURES = (2.0, 4.0, 7.0, 10.0)
 TRAIN_TIMES = [float(t) for t in range(2, 21, 2)]
@@ -135,6 +135,10 @@ def main() -> None:
                              "small rate needs more than --mc / --samples")
     parser.add_argument("--e0-scale", choices=["log", "linear"], default="log",
                         help="scale of the E0 design and condition feature (param_scale)")
+    parser.add_argument("--e0-box", type=float, nargs=2, default=E0_BOX_FACTORS,
+                        metavar=("LOW", "HIGH"),
+                        help="training box of E0 as factors of the default (the grid asks ×0.5, "
+                             "×1 and ×2)")
     parser.add_argument("--ema", type=float, default=None,
                         help="EMA decay of the weights (TrainConfig.ema_decay); default: none")
     parser.add_argument("--train", default=None,
@@ -149,11 +153,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     scale = {"E0": args.e0_scale}
-    box = Conditioning(time=(min(TRAIN_TIMES), max(TRAIN_TIMES)), params={"E0": E0_BOX},
+    e0_box = (args.e0_box[0] * E0_DEFAULT, args.e0_box[1] * E0_DEFAULT)
+    box = Conditioning(time=(min(TRAIN_TIMES), max(TRAIN_TIMES)), params={"E0": e0_box},
                        param_scale=scale)
     config = DatasetConfig(problem="runaway2d", n_particles=args.particles,
                            chunk_size=min(10_000, args.particles), save_times=TRAIN_TIMES,
-                           param_box={"E0": E0_BOX}, param_scale=scale, dtype="float32",
+                           param_box={"E0": e0_box}, param_scale=scale, dtype="float32",
                            seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -194,7 +199,8 @@ def main() -> None:
         "particles": args.particles, "snapshot_times": len(TRAIN_TIMES),
         "rows": result.n_train + result.n_val, "epochs": result.epochs_run,
         "architecture": args.architecture, "width": args.width, "layers": args.layers,
-        "e0_scale": args.e0_scale, "ema": args.ema, "seed": args.seed, "train": args.train,
+        "e0_scale": args.e0_scale, "e0_box": list(args.e0_box), "ema": args.ema,
+        "seed": args.seed, "train": args.train,
         "lam": args.lam, "lr": args.lr,
         "batch": args.batch, "threads": args.threads, "mc_particles": args.mc,
         "sur_samples": args.samples, "data_cpu_s": data_seconds, "train_cpu_s": train_seconds,
@@ -276,8 +282,10 @@ def write_page(out: Path, rows: list[dict], s: dict) -> None:
         f"(the 2-core CPU machine; torch on {s['threads']} thread(s)).", "",
         f"ONE conditioned {s.get('architecture', 'prnf').upper()} of p(X_t | x0; E0), condition "
         "(t, E0), box t ∈ "
-        f"[{min(TRAIN_TIMES):g}, {max(TRAIN_TIMES):g}], E0 ∈ [{E0_BOX[0]:.3g}, {E0_BOX[1]:.3g}] "
-        f"(×0.4 to ×2.5 the default {E0_DEFAULT:.3g}). Training data: {s['particles']} particles, "
+        f"[{min(TRAIN_TIMES):g}, {max(TRAIN_TIMES):g}], E0 ∈ "
+        f"[{s['e0_box'][0] * E0_DEFAULT:.3g}, {s['e0_box'][1] * E0_DEFAULT:.3g}] "
+        f"(×{s['e0_box'][0]:g} to ×{s['e0_box'][1]:g} the default {E0_DEFAULT:.3g}). "
+        f"Training data: {s['particles']} particles, "
         "x0 uniform on p ∈ [0.5, 5], ξ ∈ [-1, 1], E0 per particle from a scrambled Sobol design "
         + ("uniform in log E0 and conditioned on log E0 (param_scale), "
            if s.get("e0_scale") == "log" else "uniform in E0, ") +
