@@ -41,6 +41,15 @@ def dask_client_2():
         yield client
 
 
+@pytest.fixture
+def private_problem_registry(monkeypatch):
+    """A copy of the problem registry for one test: what it registers (``register_problem``)
+    no other test sees, whichever worker or order runs them."""
+    import prnf_core.problems
+
+    monkeypatch.setattr(prnf_core.problems, "_REGISTRY", dict(prnf_core.problems._REGISTRY))
+
+
 @pytest.fixture(scope="module")
 def private_data_root(tmp_path_factory):
     """A data root (and so an embedded MLflow store) of one test module alone, for tests that

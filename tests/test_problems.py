@@ -12,7 +12,6 @@ import torch
 from scipy import stats
 from scipy.integrate import quad_vec
 
-import prnf_core.problems
 from prnf_core import SDE, ConfigError, get_problem, list_problems, register_problem, simulate
 from prnf_core.problems import problem_parameters
 from prnf_core.problems.runaway2d import (
@@ -65,10 +64,8 @@ def test_register_problem_refuses_overwrite():
         register_problem("ou", lambda: None)
 
 
-def test_register_user_problem(monkeypatch):
-    # registered in a copy of the registry: no other test sees decay_test
-    monkeypatch.setattr(prnf_core.problems, "_REGISTRY", dict(prnf_core.problems._REGISTRY))
-
+@pytest.mark.usefixtures("private_problem_registry")  # no other test sees decay_test
+def test_register_user_problem():
     def factory(*, rate: float = 2.0) -> SDE:
         return SDE(name="decay_test", dim=1, drift=lambda x, t, p: -p["rate"] * x,
                    diffusion=lambda x, t, p: torch.zeros_like(x), params={"rate": rate},

@@ -6,18 +6,16 @@ import re
 from pathlib import Path
 
 import numpy as np
-
-import prnf_core.problems
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.usefixtures("private_problem_registry")  # the example registers "cir"
 def test_user_sde_example_runs(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     example = next(b for b in blocks if "def cir" in b)
     monkeypatch.chdir(tmp_path)
-    # the example registers "cir": in a copy of the registry, which no other test sees
-    monkeypatch.setattr(prnf_core.problems, "_REGISTRY", dict(prnf_core.problems._REGISTRY))
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)  # our own README, not user input
     out = namespace["out"]
