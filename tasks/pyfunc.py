@@ -19,6 +19,7 @@ dependencies: an environment built from them can load the model.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -165,4 +166,8 @@ def load_surrogate(uri: str) -> SurrogatePyfunc:
         wrapper = SurrogatePyfunc()
         wrapper.model, wrapper.metadata = load_model(path), load_metadata(path)
         return wrapper
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    # MLflow downloads the model into a fresh temporary directory that it never removes (one copy
+    # per load: a scheduled sampler would fill /tmp); load_context reads the weights into memory,
+    # so the copy can go as soon as the model is loaded.
+    with tempfile.TemporaryDirectory(prefix="prnf-model-") as folder:
+        return mlflow.pyfunc.load_model(uri, dst_path=folder).unwrap_python_model()

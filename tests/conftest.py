@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 # Before prefect/mlflow are imported anywhere: a private Prefect home (cached results and the
 # ephemeral database must not leak between runs) and quiet telemetry.
 _SESSION_TMP = tempfile.mkdtemp(prefix="prnf-tests-")
+atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)  # ~10 MB a run, else left in /tmp
 # A PREFECT_HOME set by the user is kept. pytest-xdist's workers inherit the environment of the
 # controller, where this file already ran: each worker gets a home of its own (two ephemeral
 # Prefect servers must not share one database).

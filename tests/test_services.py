@@ -221,6 +221,25 @@ def test_champion_loads_from_the_server_in_a_fresh_process(stack, pipeline_run, 
     assert abs(mean - 0.5) < 0.5  # bm1d: X_T | x0=0 ~ N(0.5, 0.5); a 5-epoch model
 
 
+def test_loading_from_the_server_leaves_no_download_behind(stack, pipeline_run, tmp_path):
+    # MLflow downloads a served model into a temporary directory of its own and keeps it: a
+    # sampler that loads the champion on a schedule would fill the disk.
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    code = (
+        "import json, tempfile, numpy as np\n"
+        f"tempfile.tempdir = {str(scratch)!r}\n"
+        "from tasks.pyfunc import load_surrogate\n"
+        f"m = load_surrogate('models:/{MODEL}@champion')\n"
+        "print(json.dumps(list(m.predict(None, np.zeros((5, 1)), params={'seed': 0}).shape)))\n"
+    )
+    env = clean_env(MLFLOW_TRACKING_URI=stack.mlflow_url, PRNF_DATA_ROOT=tmp_path / "empty")
+    proc = run([sys.executable, "-c", code], env, timeout=180, cwd=REPO)
+    assert proc.returncode == 0, output_tail(proc)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [5, 1]
+    assert list(scratch.iterdir()) == []
+
+
 # --------------------------------------------------------------------------------------------
 # 2. Tracking server down: fail fast and clean; registration can be re-run later
 
