@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--train", default=None,
                         help="JSON of further TrainConfig fields, e.g. "
                              "'{\"lr_schedule\": \"cosine\"}'")
+    parser.add_argument("--model", default=None,
+                        help="JSON of further ModelConfig fields, e.g. '{\"bins\": 16}'")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the training data and of the model's initialization (the "
                              "MC references keep theirs)")
@@ -167,7 +169,8 @@ def main() -> None:
         data_seconds = dataset.simulation_seconds()
         model = build_model(ModelConfig(architecture=args.architecture, dim=2,
                                         hidden_width=args.width,
-                                        hidden_layers=args.layers, conditioning=box),
+                                        hidden_layers=args.layers, conditioning=box,
+                                        **(json.loads(args.model) if args.model else {})),
                             seed=args.seed)
         training = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr,
                                lam=args.lam, progress=False, threads=args.threads,
@@ -200,7 +203,7 @@ def main() -> None:
         "rows": result.n_train + result.n_val, "epochs": result.epochs_run,
         "architecture": args.architecture, "width": args.width, "layers": args.layers,
         "e0_scale": args.e0_scale, "e0_box": list(args.e0_box), "ema": args.ema,
-        "seed": args.seed, "train": args.train,
+        "seed": args.seed, "train": args.train, "model": args.model,
         "lam": args.lam, "lr": args.lr,
         "batch": args.batch, "threads": args.threads, "mc_particles": args.mc,
         "sur_samples": args.samples, "data_cpu_s": data_seconds, "train_cpu_s": train_seconds,
@@ -294,6 +297,7 @@ def write_page(out: Path, rows: list[dict], s: dict) -> None:
         f"{s['layers']} layers, λ = {s['lam']:g} (PRNF), {s['epochs']} epochs, batch "
         f"{s['batch']}, lr {s['lr']:g}"
         + (f", EMA of the weights {s['ema']:g}" if s.get("ema") else "")
+        + (f", model options {s['model']}" if s.get("model") else "")
         + (f", training options {s['train']}" if s.get("train") else "")
         + f", seed {s.get('seed', 0)}; time scaling of the increment and the atom at p_min "
         "(the defaults: prnf_core/models/time_scaling.py, atoms.py).", "",

@@ -2,10 +2,10 @@
 
 Threshold: KL(p_T || q_T) < 0.03 nats. For reference, 0.03 is the KL between two normals of equal
 variance whose means differ by 0.245 standard deviations: an error a histogram shows plainly.
-The check uses the upper end of the estimate, KL + 4·SE (SE from the n_y exact draws), so
-passing is not luck; the under-trained model must fail with KL − 4·SE above the threshold, so the
-check can fail. Reversibility: mean ‖g(f(y)) − y‖² < 0.01 in normalized units (1% of the
-variance of each standardized coordinate).
+The check uses the upper end of the estimate, KL + 4·SE (SE from the n_y exact draws and the
+shared x0 draws), so passing is not luck; the under-trained model must fail with KL − 4·SE
+above the threshold, so the check can fail. Reversibility: mean ‖g(f(y)) − y‖² < 0.01 in
+normalized units (1% of the variance of each standardized coordinate).
 """
 
 from __future__ import annotations
@@ -121,3 +121,21 @@ def test_kl_of_a_deliberately_biased_exact_model(shift_white, scale):
     assert kl > 10 * se  # the bias is far above the noise: an estimator returning 0 fails
     assert abs(est.kl - kl) < 4 * se, (est, kl, se)
     assert est.stderr == pytest.approx(se, rel=0.10)
+
+
+def test_kl_stderr_counts_the_shared_x0_set():
+    """The reported SE matches the spread of the estimate over independent replicates.
+
+    A wide initial law and few x0 draws (n_x0 = 50 for n_y = 400) make the error of the x0 set
+    that both mixtures share large; the spread over y alone misses it (that SE was 2.3× too
+    small here). 200 replicates (seeds) of a biased exact model: the sample SD of the estimates
+    has a relative error of 1/sqrt(2·199) ≈ 5 %, so the ratio SD / mean SE must lie within
+    [0.8, 1.25], about 4 of those errors either side of 1.
+    """
+    sde = get_problem("ou")
+    model = _BiasedExact(sde, (0.3, -0.2), 1.0)
+    law = {"kind": "gaussian", "mean": [0.0, 0.0], "std": [1.0, 1.0]}
+    estimates = [exact_kl(sde, model, law, n_y=400, n_x0=50, seed=r) for r in range(200)]
+    spread = np.std([e.kl for e in estimates], ddof=1)
+    ratio = spread / np.mean([e.stderr for e in estimates])
+    assert 0.8 < ratio < 1.25, ratio

@@ -480,13 +480,17 @@ class ConditionalSampler(nn.Module):
     def mixture_log_prob(self, y: ArrayLike, x0_samples: ArrayLike,
                          cond: ArrayLike | None = None, block: int | None = None, *,
                          t: Any = None, params: Mapping[str, Any] | None = None,
-                         allow_outside: bool = False) -> torch.Tensor:
+                         allow_outside: bool = False, with_shares: bool = False
+                         ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         r""":math:`\log \frac1K \sum_k q(y \mid x_0^{(k)})` for every row of ``y``: shape ``(n,)``
         (conditioned: under the condition ``t``/``params``, one value or one per x0 sample).
 
         Evaluated in blocks of at most ``block`` (y, x0) pairs to bound memory; by default sized
         so a block's activations and Jacobians stay near 1 GB (the memory per pair is measured
-        in ``benchmarks/README.md``).
+        in ``benchmarks/README.md``). ``with_shares``: also each x0 sample's share of the
+        mixture summed over the rows of ``y``, :math:`\sum_y q(y \mid x_0^{(k)}) / \sum_j
+        q(y \mid x_0^{(j)})`, shape ``(K,)``: what the standard error of an exact KL needs for
+        the error of the shared x0 set (:func:`prnf_core.validation.kl.exact_kl`).
         """
         if block is None:
             block = max(4096, 2**26 // (self.config.hidden_width * (self.dim + 1)))
@@ -496,6 +500,7 @@ class ConditionalSampler(nn.Module):
         k = len(x0_t)
         rows = max(1, block // k)
         out = []
+        shares = torch.zeros(k, dtype=torch.float64, device=self.device)
         with torch.no_grad():
             for start in range(0, len(y_t), rows):
                 yb = y_t[start:start + rows]
@@ -507,7 +512,9 @@ class ConditionalSampler(nn.Module):
                 checked = {} if cc is None else {"allow_outside": True}
                 lp = self.log_prob(yy, xx, cc, **checked).reshape(len(yb), k)
                 out.append(torch.logsumexp(lp, dim=1) - math.log(k))
-        return torch.cat(out)
+                if with_shares:
+                    shares += torch.softmax(lp.double(), dim=1).sum(dim=0)
+        return (torch.cat(out), shares) if with_shares else torch.cat(out)
 
     def reversibility_error(self, y: ArrayLike, x0: ArrayLike,
                             cond: ArrayLike | None = None, *, t: Any = None,

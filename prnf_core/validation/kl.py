@@ -8,9 +8,19 @@ r"""Exact Kullback–Leibler divergence of a surrogate, for problems with an exa
     q_T(y) = \mathbb{E}_{x_0\sim p_0}\,q(y\mid x_0)
 
 estimated with ``n_y`` exact draws :math:`y \sim p_T` and one shared set of ``n_x0`` draws of
-:math:`x_0` for both mixtures (their Monte Carlo errors largely cancel). The standard error
-returned is that of the mean over y (S. Kullback, R. A. Leibler, "On information and
-sufficiency", Ann. Math. Stat. 22 (1951) 79–86).
+:math:`x_0` for both mixtures (their Monte Carlo errors largely cancel; S. Kullback,
+R. A. Leibler, "On information and sufficiency", Ann. Math. Stat. 22 (1951) 79–86).
+
+The standard error has both sources: the spread over y, and the error of the shared x0 set,
+which every y sees and which the spread over y therefore misses (alone it was ~1.7× too small).
+The second is the delta method: a draw :math:`x_0^{(k)}` moves :math:`\log p_T(y)` by its
+influence :math:`K w^p_k(y) - 1`, :math:`w^p_k(y) = p(y\mid x_0^{(k)}) / \sum_j p(y\mid x_0^{(j)})`
+(and :math:`\log q_T` likewise), so
+
+.. math::
+    \mathrm{SE}^2 = \frac{\mathrm{Var}_y[\log \hat p_T(y) - \log \hat q_T(y)]}{n_y}
+    + \frac{\mathrm{Var}_k[h_k]}{n_{x_0}}, \qquad
+    h_k = \frac{n_{x_0}}{n_y} \sum_y \big(w^p_k(y) - w^q_k(y)\big).
 
 >>> import numpy as np
 >>> from prnf_core.problems import get_problem
@@ -53,16 +63,24 @@ class KLEstimate:
 
 
 def exact_mixture_log_prob(sde: SDE, y: np.ndarray, x0_samples: np.ndarray, t: float,
-                           block: int = 2**20) -> np.ndarray:
-    r""":math:`\log \frac1K\sum_k p(y\mid x_0^{(k)})` with the exact transition, shape ``(n,)``."""
+                           block: int = 2**20, with_shares: bool = False
+                           ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    r""":math:`\log \frac1K\sum_k p(y\mid x_0^{(k)})` with the exact transition, shape ``(n,)``;
+    ``with_shares`` as in :meth:`ConditionalSampler.mixture_log_prob
+    <prnf_core.models.base.ConditionalSampler.mixture_log_prob>`."""
     k = len(x0_samples)
     rows = max(1, block // k)
     out = []
+    shares = np.zeros(k)
     for start in range(0, len(y), rows):
         yb = y[start:start + rows]
         lp = sde.transition_logpdf(np.repeat(yb, k, axis=0), np.tile(x0_samples, (len(yb), 1)), t)
-        out.append(logsumexp(lp.reshape(len(yb), k), axis=1) - math.log(k))
-    return np.concatenate(out)
+        lp = lp.reshape(len(yb), k)
+        norm = logsumexp(lp, axis=1, keepdims=True)
+        out.append(norm[:, 0] - math.log(k))
+        if with_shares:
+            shares += np.exp(lp - norm).sum(axis=0)
+    return (np.concatenate(out), shares) if with_shares else np.concatenate(out)
 
 
 def sample_exact(sde: SDE, x0: np.ndarray, t: float, rng: np.random.Generator) -> np.ndarray:
@@ -85,12 +103,16 @@ def exact_kl(sde: SDE, model: ConditionalSampler, initial: InitialSpec | dict | 
     rng = np.random.default_rng(seed)
     x0_mix = spec.sample(n_x0, rng)
     y = sample_exact(sde, spec.sample(n_y, rng), t, rng)
-    log_p = exact_mixture_log_prob(sde, y, x0_mix, t)
+    log_p, shares_p = exact_mixture_log_prob(sde, y, x0_mix, t, with_shares=True)
     with torch.no_grad():
-        log_q = model.mixture_log_prob(y, x0_mix, **condition_of(model, sde, t))
-        log_q = log_q.double().cpu().numpy()
+        log_q, shares_q = model.mixture_log_prob(y, x0_mix, **condition_of(model, sde, t),
+                                                 with_shares=True)
+        log_q, shares_q = log_q.double().cpu().numpy(), shares_q.cpu().numpy()
     diff = log_p - log_q
-    return KLEstimate(float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(n_y)), n_y, n_x0)
+    # the influence of each shared x0 draw on the estimate (module doc): mean 0 by construction
+    influence = n_x0 / n_y * (shares_p - shares_q)
+    variance = diff.var(ddof=1) / n_y + influence.var(ddof=1) / n_x0
+    return KLEstimate(float(diff.mean()), float(math.sqrt(variance)), n_y, n_x0)
 
 
 def condition_of(model: ConditionalSampler, sde: SDE, t: float) -> dict[str, Any]:
