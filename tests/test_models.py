@@ -120,6 +120,10 @@ def test_mixture_log_prob_is_log_mean_of_densities():
     dens = torch.stack([model.log_prob(np.repeat(y[i:i + 1], 5, 0), x0) for i in range(2)])
     want = torch.logsumexp(dens, dim=1) - np.log(5)
     torch.testing.assert_close(got, want)
+    # each x0's share of the mixture, summed over the rows of y (the exact KL's x0 error)
+    again, shares = model.mixture_log_prob(y[:2], x0, block=3, with_shares=True)
+    torch.testing.assert_close(again, want)
+    torch.testing.assert_close(shares, torch.softmax(dens.double(), dim=1).sum(dim=0))
 
 
 def test_prnf_reversibility_error_is_the_round_trip():
