@@ -12,7 +12,8 @@ estimated with ``n_y`` exact draws :math:`y \sim p_T` and one shared set of ``n_
 R. A. Leibler, "On information and sufficiency", Ann. Math. Stat. 22 (1951) 79–86).
 
 The standard error has both sources: the spread over y, and the error of the shared x0 set,
-which every y sees and which the spread over y therefore misses (alone it was ~1.7× too small).
+which every y sees and which the spread over y therefore misses (alone it was 1.3× to 2.3×
+too small in replicate runs).
 The second is the delta method: a draw :math:`x_0^{(k)}` moves :math:`\log p_T(y)` by its
 influence :math:`K w^p_k(y) - 1`, :math:`w^p_k(y) = p(y\mid x_0^{(k)}) / \sum_j p(y\mid x_0^{(j)})`
 (and :math:`\log q_T` likewise), so
