@@ -137,7 +137,29 @@ class S3Calls(logging.Handler):
             logger.propagate = propagate
 
 
-def one_store(config, arrays, path: str) -> dict[str, Any]:
+def store_process(endpoint: str):
+    """The process serving ``endpoint`` (the one listening on its port), or None."""
+    import psutil
+
+    port = int(endpoint.rsplit(":", 1)[1].split("/")[0])
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+                return psutil.Process(conn.pid)
+    return None
+
+
+def cpu_seconds(process) -> float:
+    """User + system CPU seconds of ``process`` (every thread), 0 when there is none."""
+    if process is None:
+        return 0.0
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def one_store(config, arrays, path: str, store=None) -> dict[str, Any]:
+    """Create, write and read back one store. ``store``: the object store's process, whose
+    CPU time during the writes is counted beside this process's own (the client's)."""
     import numpy as np
 
     from prnf_core.dataset import create_dataset, open_dataset
@@ -147,9 +169,12 @@ def one_store(config, arrays, path: str) -> dict[str, Any]:
     dataset = create_dataset(config, path)
     created = time.perf_counter()
     with counter.counting() as calls:
+        client_cpu, store_cpu = time.process_time(), cpu_seconds(store)
         for index, (x0, xT) in enumerate(arrays):
             dataset.write_chunk(index, x0, xT, None, seconds=1.0)
         written = time.perf_counter()
+        client_cpu = time.process_time() - client_cpu
+        store_cpu = cpu_seconds(store) - store_cpu
         write_calls = dict(calls)
     dataset.finalize()
     reopened = open_dataset(path)
@@ -162,6 +187,7 @@ def one_store(config, arrays, path: str) -> dict[str, Any]:
             and np.array_equal(xT, np.concatenate([a[1] for a in arrays]))):
         raise SystemExit(f"{path}: the arrays read back differ from those written")
     return {"create_s": created - started, "write_s": written - created, "read_s": read,
+            "client_cpu_s": client_cpu, "store_cpu_s": store_cpu,
             "write_calls": write_calls, "read_calls": read_calls}
 
 
@@ -169,6 +195,7 @@ def bench_chunks(args, s3_root: str) -> dict[str, Any]:
     config, arrays = presimulate(args.problem, args.particles, args.chunks, args.steps)
     raw = sum(a.nbytes for pair in arrays for a in pair)
     local_root = Path(tempfile.mkdtemp(prefix="bench_production_"))
+    store = store_process(os.environ["AWS_ENDPOINT_URL"])
     rows: list[dict[str, Any]] = []
     try:
         print(f"{args.reps} repetitions of {args.chunks} chunks, {raw / MB:.1f} MB "
@@ -179,7 +206,8 @@ def bench_chunks(args, s3_root: str) -> dict[str, Any]:
             for target in order:
                 path = (str(local_root / f"w{rep}.zarr") if target == "local"
                         else f"{s3_root}/w{rep}.zarr")
-                row = {"rep": rep, "target": target, **one_store(config, arrays, path)}
+                row = {"rep": rep, "target": target,
+                       **one_store(config, arrays, path, store if target == "s3" else None)}
                 row["write_mbps"] = raw / MB / row["write_s"]
                 row["read_mbps"] = raw / MB / row["read_s"]
                 if target == "local":
@@ -225,11 +253,42 @@ def bench_chunks(args, s3_root: str) -> dict[str, Any]:
     print(f"read  S3 / local: {spread(read_ratio)}")
     print(f"bare objects write S3 / local: {spread(raw_ratio)} (the store's ceiling: the same "
           "compressed chunk bytes, one put each, no metadata, checksums or markers)")
+    bound = cpu_bound(rows, args.chunks, store)
     print(load())
     return {"rows": rows, "raw_mb": raw / MB, "stored_mb": stored, "write_ratio": write_ratio,
             "read_ratio": read_ratio, "raw_write_ratio": raw_ratio, "verdict": verdict,
+            "cpu_bound_ratio": bound,
             "problem": args.problem, "particles": args.particles, "chunks": args.chunks,
             "steps": args.steps}
+
+
+def cpu_bound(rows: list[dict[str, Any]], chunks: int, store) -> list[float]:
+    """What the machine's cores allow: CPU time per chunk of each write (this process, the
+    client, and the object store's process), and, per repetition, the highest S3 / local
+    ratio possible here: even with every core busy all the time, an S3 write takes at least
+    its CPU time (client + store) over the cores, so S3 / local <= local wall time / that."""
+    if store is None:
+        print("CPU per chunk: the object store's process was not found (not on this machine?)")
+        return []
+    cores = os.cpu_count() or 1
+
+    def per_chunk(target: str, key: str) -> list[float]:
+        return [r[key] / chunks * 1e3 for r in rows if r["target"] == target]
+
+    local_wall, s3_wall = per_chunk("local", "write_s"), per_chunk("s3", "write_s")
+    s3_cpu = [c + st for c, st in zip(per_chunk("s3", "client_cpu_s"),
+                                      per_chunk("s3", "store_cpu_s"), strict=True)]
+    print(f"CPU ms per chunk write ({store.name()} is the store, pid {store.pid}):")
+    print(f"  local: wall {spread(local_wall)}; this process's CPU "
+          f"{spread(per_chunk('local', 'client_cpu_s'))}")
+    print(f"  s3:    wall {spread(s3_wall)}; this process's CPU "
+          f"{spread(per_chunk('s3', 'client_cpu_s'))}; the store's CPU "
+          f"{spread(per_chunk('s3', 'store_cpu_s'))}; "
+          f"together {spread(s3_cpu)}")
+    bound = [loc / (cpu / cores) for loc, cpu in zip(local_wall, s3_cpu, strict=True)]
+    print(f"highest S3 / local this machine's {cores} cores allow (local wall / (S3 CPU / "
+          f"{cores})): {spread(bound)}")
+    return bound
 
 
 def chunk_objects(store: Path) -> list[tuple[str, bytes]]:

@@ -190,6 +190,11 @@ def stop_weed(proc: subprocess.Popen, grace: float = 3.0) -> None:
             proc.wait(10)
     with contextlib.suppress(ProcessLookupError):  # nothing of its session left behind
         os.killpg(proc.pid, signal.SIGKILL)
+    # nor the unix sockets it names by its ports in /tmp (a killed weed leaves them)
+    ports = {arg.split("=", 1)[1] for arg in proc.args if ".port" in arg and "=" in arg}
+    for port in ports:
+        for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
