@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,6 +117,30 @@ def simulate_references(folder: Path, n_mc: int, chunk: int,
     return rows, seconds, particles
 
 
+def train_surrogate(folder: Path, *, particles: int, e0_box: tuple[float, float],
+                    e0_scale: str, seed: int, threads: int, model: dict[str, Any],
+                    training: dict[str, Any]) -> tuple[Any, Any, float, float]:
+    """Simulate the training set into ``folder`` (``particles`` runaway2d particles, snapshots
+    at TRAIN_TIMES, E0 drawn over ``e0_box`` × the default on ``e0_scale``) and fit ONE
+    surrogate conditioned on (t, E0) to it. ``model`` and ``training``: further ModelConfig and
+    TrainConfig fields. Returns the model, the fit's result, and the CPU seconds of the data
+    (the chunks' simulation time) and of the training."""
+    scale = {"E0": e0_scale}
+    box = (e0_box[0] * E0_DEFAULT, e0_box[1] * E0_DEFAULT)
+    run_dataset(DatasetConfig(problem="runaway2d", n_particles=particles,
+                              chunk_size=min(10_000, particles), save_times=TRAIN_TIMES,
+                              param_box={"E0": box}, param_scale=scale, dtype="float32",
+                              seed=seed), folder / "train.zarr")
+    dataset = open_dataset(folder / "train.zarr")
+    conditioning = Conditioning(time=(min(TRAIN_TIMES), max(TRAIN_TIMES)), params={"E0": box},
+                                param_scale=scale)
+    surrogate = build_model(ModelConfig(dim=2, conditioning=conditioning, **model), seed=seed)
+    started = time.process_time()
+    result = fit(surrogate, dataset, TrainConfig(progress=False, threads=threads, seed=seed,
+                                                 **training))
+    return surrogate, result, dataset.simulation_seconds(), time.process_time() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--particles", type=int, default=50_000)
@@ -154,31 +179,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    scale = {"E0": args.e0_scale}
-    e0_box = (args.e0_box[0] * E0_DEFAULT, args.e0_box[1] * E0_DEFAULT)
-    box = Conditioning(time=(min(TRAIN_TIMES), max(TRAIN_TIMES)), params={"E0": e0_box},
-                       param_scale=scale)
-    config = DatasetConfig(problem="runaway2d", n_particles=args.particles,
-                           chunk_size=min(10_000, args.particles), save_times=TRAIN_TIMES,
-                           param_box={"E0": e0_box}, param_scale=scale, dtype="float32",
-                           seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        run_dataset(config, folder / "train.zarr")
-        dataset = open_dataset(folder / "train.zarr")
-        data_seconds = dataset.simulation_seconds()
-        model = build_model(ModelConfig(architecture=args.architecture, dim=2,
-                                        hidden_width=args.width,
-                                        hidden_layers=args.layers, conditioning=box,
-                                        **(json.loads(args.model) if args.model else {})),
-                            seed=args.seed)
-        training = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr,
-                               lam=args.lam, progress=False, threads=args.threads,
-                               seed=args.seed, ema_decay=args.ema,
-                               **(json.loads(args.train) if args.train else {}))
-        started = time.process_time()
-        result = fit(model, dataset, training)
-        train_seconds = time.process_time() - started
+        model, result, data_seconds, train_seconds = train_surrogate(
+            folder, particles=args.particles, e0_box=args.e0_box, e0_scale=args.e0_scale,
+            seed=args.seed, threads=args.threads,
+            model={"architecture": args.architecture, "hidden_width": args.width,
+                   "hidden_layers": args.layers, **(json.loads(args.model) if args.model else {})},
+            training={"epochs": args.epochs, "batch_size": args.batch, "lr": args.lr,
+                      "lam": args.lam, "ema_decay": args.ema,
+                      **(json.loads(args.train) if args.train else {})})
         print(f"trained: {train_seconds:.0f} CPU s, data {data_seconds:.0f} s", flush=True)
         rows, mc_seconds, mc_particles = simulate_references(folder, args.mc, min(20_000, args.mc),
                                                args.mc_max)

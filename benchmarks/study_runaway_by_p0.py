@@ -19,24 +19,19 @@ import argparse
 import json
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.stats import chi
+from study_conditioned_runaway import E0_DEFAULT, train_surrogate
 
 from prnf_core.dataset import DatasetConfig, open_dataset
 from prnf_core.initial import Maxwellian
-from prnf_core.models import ModelConfig, build_model
-from prnf_core.models.conditioning import Conditioning
 from prnf_core.problems import get_problem
 from prnf_core.problems.runaway2d import RUNAWAY_P_STAR
 from prnf_core.runner import run_dataset
-from prnf_core.train import TrainConfig, fit
 
-E0_DEFAULT = get_problem("runaway2d").params["E0"]
-TRAIN_TIMES = [float(t) for t in range(2, 21, 2)]
 EDGES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 3.5, 4.0, 5.0)
 
 
@@ -53,24 +48,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    box = (0.25 * E0_DEFAULT, 4 * E0_DEFAULT)
-    scale = {"E0": "log"}
     e0 = args.factor * E0_DEFAULT
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        run_dataset(DatasetConfig(problem="runaway2d", n_particles=args.particles,
-                                  chunk_size=min(10_000, args.particles), save_times=TRAIN_TIMES,
-                                  param_box={"E0": box}, param_scale=scale, dtype="float32",
-                                  seed=args.seed), folder / "train.zarr")
-        model = build_model(ModelConfig(
-            architecture="nsf", dim=2, hidden_width=128, hidden_layers=3,
-            conditioning=Conditioning(time=(2.0, 20.0), params={"E0": box}, param_scale=scale),
-            **(json.loads(args.model) if args.model else {})), seed=args.seed)
-        started = time.process_time()
-        fit(model, open_dataset(folder / "train.zarr"),
-            TrainConfig(epochs=args.epochs, batch_size=1024, lr=2e-3, progress=False,
-                        threads=args.threads, seed=args.seed))
-        print(f"trained: {time.process_time() - started:.0f} CPU s", flush=True)
+        model, _, _, train_seconds = train_surrogate(
+            folder, particles=args.particles, e0_box=(0.25, 4.0), e0_scale="log",
+            seed=args.seed, threads=args.threads,
+            model={"architecture": "nsf", "hidden_width": 128, "hidden_layers": 3,
+                   **(json.loads(args.model) if args.model else {})},
+            training={"epochs": args.epochs, "batch_size": 1024, "lr": 2e-3})
+        print(f"trained: {train_seconds:.0f} CPU s", flush=True)
         t_end = args.time == get_problem("runaway2d").t_end
         run_dataset(DatasetConfig(problem="runaway2d", problem_params={"E0": e0},
                                   n_particles=args.mc, chunk_size=min(20_000, args.mc),
