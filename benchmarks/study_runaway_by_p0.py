@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import chi
 from study_conditioned_runaway import E0_DEFAULT, train_surrogate
 
 from prnf_core.dataset import DatasetConfig, open_dataset
@@ -69,8 +67,8 @@ def main() -> None:
     gen = torch.Generator().manual_seed(5)
     y = model.sample(x0, generator=gen, t=args.time, params={"E0": e0}).numpy()
     law = Maxwellian(temperature=args.temperature)
-    # the Maxwellian's p is a scaled chi(3), truncated at p_min like the uniform law's support
-    weight = chi.pdf(x0[:, 0] / math.sqrt(law.temperature / (2 * law.T_tilde)), 3)
+    # the Maxwellian's density over the uniform law's, which is constant on its support
+    weight = np.exp(law.logpdf(x0))
     weight /= weight.sum()
     hit_mc, hit_sur = xt[:, 0] > RUNAWAY_P_STAR, y[:, 0] > RUNAWAY_P_STAR
     rate_mc, rate_sur = float(weight @ hit_mc), float(weight @ hit_sur)
