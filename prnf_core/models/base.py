@@ -500,7 +500,7 @@ class ConditionalSampler(nn.Module):
         k = len(x0_t)
         rows = max(1, block // k)
         out = []
-        shares = torch.zeros(k, dtype=torch.float64, device=self.device)
+        shares = torch.zeros(k, dtype=torch.float64, device=self.device) if with_shares else None
         with torch.no_grad():
             for start in range(0, len(y_t), rows):
                 yb = y_t[start:start + rows]
@@ -512,7 +512,7 @@ class ConditionalSampler(nn.Module):
                 checked = {} if cc is None else {"allow_outside": True}
                 lp = self.log_prob(yy, xx, cc, **checked).reshape(len(yb), k)
                 out.append(torch.logsumexp(lp, dim=1) - math.log(k))
-                if with_shares:
+                if shares is not None:
                     shares += torch.softmax(lp.double(), dim=1).sum(dim=0)
         return (torch.cat(out), shares) if with_shares else torch.cat(out)
 
