@@ -483,6 +483,16 @@ def _deployment_run(stack: Stack, params: dict, *extra: str, timeout: float = 12
                timeout=timeout)
 
 
+def _watched_run(stack: Stack, params: dict,
+                 deployment: str = "pipeline/pipeline-nightly") -> dict:
+    """Trigger a deployment run, wait for its end, return the flow run."""
+    proc = _deployment_run(stack, params, "--watch", "--watch-interval", "2",
+                           "--watch-timeout", "400", timeout=450, deployment=deployment)
+    match = re.search(r"UUID: ([0-9a-f-]{36})", proc.stdout)
+    assert match, output_tail(proc)
+    return stack.prefect("GET", f"/flow_runs/{match.group(1)}")
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"n_train": 0}, "Validation failed for field 'params.n_train'"),
     ({"bogus": 1}, "Additional properties are not allowed ('bogus' was unexpected)"),
@@ -520,11 +530,7 @@ def test_deployment_runs_on_a_process_worker_and_registers_a_version(stack, depl
     bad_id = re.search(r"UUID: ([0-9a-f-]{36})", bad.stdout).group(1)
 
     params = {**PIPELINE, "seed": 1, "training": {**PIPELINE["training"], "epochs": 4}}
-    proc = _deployment_run(stack, params, "--watch", "--watch-interval", "2",
-                           "--watch-timeout", "240", timeout=300)
-    assert proc.returncode == 0, output_tail(proc)
-    run_id = re.search(r"UUID: ([0-9a-f-]{36})", proc.stdout).group(1)
-    flow_run = stack.prefect("GET", f"/flow_runs/{run_id}")
+    flow_run = _watched_run(stack, params)
     assert flow_run["state_type"] == "COMPLETED", flow_run["state"]
     assert flow_run["deployment_id"] == nightly
     assert flow_run["parameters"]["params"]["seed"] == 1
@@ -568,15 +574,6 @@ NIGHT = {
     "execution": {"workers": 0},
 }
 HEALTH = {"model": "prnf-ou", "validation": NIGHT["validation"], "execution": {"workers": 0}}
-
-
-def _watched_run(stack: Stack, params: dict, deployment: str) -> dict:
-    """Trigger a deployment run, wait for its end, return the flow run."""
-    proc = _deployment_run(stack, params, "--watch", "--watch-interval", "2",
-                           "--watch-timeout", "400", timeout=450, deployment=deployment)
-    match = re.search(r"UUID: ([0-9a-f-]{36})", proc.stdout)
-    assert match, output_tail(proc)
-    return stack.prefect("GET", f"/flow_runs/{match.group(1)}")
 
 
 @pytest.fixture(scope="module")
@@ -666,11 +663,7 @@ def test_idle_worker_runs_the_next_deployment_run_after_a_prefect_server_restart
 
     started = time.monotonic()
     params = {**PIPELINE, "seed": 2, "training": {**PIPELINE["training"], "epochs": 3}}
-    proc = _deployment_run(stack, params, "--watch", "--watch-interval", "2",
-                           "--watch-timeout", "240", timeout=300)
-    assert proc.returncode == 0, output_tail(proc)
-    run_id = re.search(r"UUID: ([0-9a-f-]{36})", proc.stdout).group(1)
-    flow_run = stack.prefect("GET", f"/flow_runs/{run_id}")
+    flow_run = _watched_run(stack, params)
     assert flow_run["state_type"] == "COMPLETED", flow_run["state"]
     assert worker.proc.poll() is None  # the same worker process ran it
     runs = stack.client().search_runs(
