@@ -143,6 +143,7 @@ def main() -> None:
     from flows.services import stack
     from flows.services.config import GRPC_OFFSET, Layout, ServicesConfig
     from flows.services.credentials import load_or_create
+    from flows.services.manager import remove_weed_sockets
     from flows.services.process import free_ports
     from prnf_core import objectstore
 
@@ -187,10 +188,7 @@ def main() -> None:
               f"({len(data) * args.puts / cpu / 1e6:.0f} MB per CPU second)")
     finally:
         left = server.stop(grace=60)  # SIGTERM: the profiler writes its file on the way out
-        ports = set(config.ports().values())  # the sockets a stopped weed leaves in /tmp
-        for sock in Path("/tmp").glob("seaweedfs-*.sock"):
-            if int(sock.stem.rsplit("-", 1)[1]) in ports:
-                sock.unlink(missing_ok=True)
+        remove_weed_sockets(config)  # the sockets a stopped weed leaves in /tmp
         if left:
             print("left behind:", left)
     if not profile.exists():

@@ -232,7 +232,7 @@ def _stop(layout: Layout, state: dict[str, Any], names: list[str], echo=None) ->
             svc = Service.attach(name, rec["pid"], rec.get("started"), layout.log(name))
             leftovers += svc.stop(grace=GRACE.get(name, DEFAULT_GRACE))
         if name == "seaweedfs" and state.get("config"):
-            _remove_weed_sockets(ServicesConfig(**state["config"]))
+            remove_weed_sockets(ServicesConfig(**state["config"]))
         if echo is not None and (rec or name == "postgres"):
             echo(f"stopped {name} in {time.monotonic() - began:.1f} s")
         return leftovers
@@ -248,7 +248,7 @@ def _stop(layout: Layout, state: dict[str, Any], names: list[str], echo=None) ->
     return leftovers
 
 
-def _remove_weed_sockets(config: ServicesConfig) -> None:
+def remove_weed_sockets(config: ServicesConfig) -> None:
     """SeaweedFS leaves unix sockets named by its ports in /tmp
     (``/tmp/seaweedfs-master-grpc-<port>.sock``, ...) when it is killed: remove ours."""
     from pathlib import Path
